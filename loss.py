@@ -2,7 +2,8 @@
 the ELBO / likelihood-surrogate baselines (diffu-GRPO, wd1, ESPO), as plain functions of tensors.
 
 Paper: GDSD, "Reinforcement Learning as Guided Denoiser Self-Distillation for Diffusion Language
-Models" (arXiv 2605.29398); the equations are those of docs/gdsd_math.md §2–§7, one function each.
+Models" (arXiv 2605.29398); one function per equation, each stated in its docstring
+(the README's "The method" section puts them on one screen).
 Imports nothing from this project: copy the file into another repository and use it with any
 denoiser, i.e. any callable
 

@@ -1,4 +1,4 @@
-"""model.py — the bidirectional denoiser of GDSD (gdsd_math.md §10): one plain-PyTorch module for the
+"""model.py — the bidirectional denoiser of GDSD: one plain-PyTorch module for the
 tiny model, LLaDA-8B and Dream-7B, loading the hubs' own safetensors by their own weight names.
 
     embed -> n_layers x [ RMSNorm -> attention (RoPE, grouped KV heads, optional q/k/v bias, no causal
@@ -623,7 +623,7 @@ def load_tokenizer(name_or_path):
 # ----------------------------------------------------------------------------------------------
 # LoRA
 
-# Default targets per family, by the hub's projection names (gdsd_math.md §9), and their internal names.
+# Default targets per family, by the hub's projection names, and their internal names.
 LORA_TARGETS = {
     "llada": {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "attn_out": "o_proj",
               "ff_proj": "gate_proj", "up_proj": "up_proj", "ff_out": "down_proj"},

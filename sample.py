@@ -1,7 +1,7 @@
 """sample.py — the samplers of masked diffusion LLMs: LLaDA's low-confidence (and random) remasking
 and Dream's entropy order, batched over rows, reproducible from a torch.Generator.
 
-Paper: GDSD (arXiv 2605.29398) trains on rollouts of exactly these procedures; docs/gdsd_math.md §8.
+Paper: GDSD (arXiv 2605.29398) trains on rollouts of exactly these procedures.
 Imports nothing from this project: copy the file into another repository and use it with any
 denoiser, i.e. any callable
 

@@ -1,0 +1,50 @@
+"""eval.py: reproduces the held-out score train.py logged for the same checkpoint, reads the official
+test files, writes its JSON, and gives the same numbers sharded over 2 processes."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import eval as E
+from conftest import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+
+def test_eval_reproduces_the_score_train_logged(tiny_base, tmp_path):
+    logged = read_metrics(os.path.dirname(tiny_base))[-1]["eval"]  # train.py's final held-out eval
+    out = str(tmp_path / "eval.json")
+    results = E.main(["--task", "sudoku", "--model", tiny_base, "--n_eval", "8", "--out", out])
+    (gen_length, r), = results.items()
+    assert gen_length == 16
+    assert r["metrics"] == pytest.approx(logged, abs=1e-6)
+    saved = json.load(open(out))
+    assert saved["n_examples"] == 8 and len(saved["results"]["16"]["completions"]) == 8
+    assert [c["index"] for c in saved["results"]["16"]["completions"]] == list(range(8))
+    scores = [c["score"] for c in saved["results"]["16"]["completions"]]
+    assert sum(scores) / 8 == pytest.approx(r["metrics"]["score"])
+
+
+@pytest.mark.skipif(not os.path.isdir(DATA), reason="the shared data directory ../shared/data is absent")
+def test_eval_reads_the_official_sudoku_file_and_shards_over_two_processes(tiny_base, tmp_path):
+    common = ["eval.py", "--task", "sudoku", "--model", tiny_base, "--data", os.path.join(DATA, "sudoku_4x4_test.csv"),
+              "--n_eval", "12", "--batch_size", "4"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    outs = {}
+    for nproc in (1, 2):
+        out = str(tmp_path / f"eval{nproc}.json")
+        launcher = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"] if nproc == 2 else [])
+        proc = subprocess.run(launcher + common + ["--out", out], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        outs[nproc] = json.load(open(out))["results"]["16"]
+    assert len(outs[2]["completions"]) == 12
+    assert outs[2]["completions"] == outs[1]["completions"]  # same completions, in test-file order
+    assert outs[2]["metrics"] == pytest.approx(outs[1]["metrics"])
+
+
+def test_unknown_task_is_a_clear_error(tiny_base):
+    with pytest.raises(SystemExit, match="unknown task 'chess'"):
+        E.main(["--task", "chess", "--model", tiny_base])
