@@ -1,6 +1,6 @@
 """bench_loss.py — peak memory and time of loss.denoiser_scores against the naive full-logits path.
 
-Scores B completions of length L after a prompt of P tokens with vocabulary V (defaults: the issue's
+Scores B completions of length L after a prompt of P tokens with vocabulary V (defaults:
 B = 8, L = 256, V = 126464 of LLaDA, P = 128) under a small bidirectional denoiser (one transformer
 encoder layer, d_model 64), so the logits dominate memory as they do for LLaDA / Dream.
 

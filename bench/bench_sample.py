@@ -1,13 +1,11 @@
 """bench_sample.py — throughput of sample.generate against the loop transcription of LLaDA's sampler,
 and the sampler's own overhead per denoising step.
 
-Model: model.load_model("tiny") when model.py provides it (--model auto, the default), otherwise a
-stand-in of the same shape (LLaDA layout: RMSNorm, rotary attention, SwiGLU; d_model 128, 4 layers,
-vocabulary 128) so the script also runs without model.py; the header line says which one ran.
---model standin with --vocab / --layers / --d_model shows where the sampler's own work matters:
-large vocabularies (LLaDA's is 126464), where the transcription's whole-canvas float64 noise and
-softmax dominate the step.
-Workload (issue defaults): batch 64, prompts of 16 tokens (every 4th row left-padded), 32
+Model: model.py's tiny model (LLaDA layout, vocabulary 128); --vocab / --layers / --d_model build
+the same architecture at another size, randomly initialised, to show where the sampler's own work
+matters: large vocabularies (LLaDA's is 126464), where the transcription's whole-canvas float64
+noise and softmax dominate the step.
+Workload (default flags): batch 64, prompts of 16 tokens (every 4th row left-padded), 32
 completion tokens, 32 steps, one block of 32, low-confidence remasking at τ = 1 (rollouts) and
 τ = 0 (evaluation).
 
@@ -22,87 +20,35 @@ shared machine's drifts hit them alike, after a warm-up):
                pass with the logits_mask of a mid-block step
 
 Run:
-    python bench/bench_sample.py                      # 1 thread, the issue's workload
+    python bench/bench_sample.py                      # 1 thread, the default workload
     python bench/bench_sample.py --threads 2 --block_length 8 --repeats 5
-    python bench/bench_sample.py --model standin --vocab 32768 --layers 2 --batch 16 --prompt_len 64 \
+    python bench/bench_sample.py --vocab 32768 --layers 2 --batch 16 --prompt_len 64 \
         --gen_length 64 --temperatures 1.0 --repeats 2   # a large vocabulary (a few minutes)
 """
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
 import time
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+import model as M  # noqa: E402
 import sample as S  # noqa: E402
 from reference_sampler import llada_reference  # noqa: E402
 
 
-class StandIn(nn.Module):
-    """A tiny LLaDA-layout denoiser (the calling convention of sample.py), for when model.py is
-    absent: pre-norm blocks of bidirectional rotary attention and a SwiGLU MLP, untied head."""
-
-    def __init__(self, vocab=128, d=128, layers=4, heads=4, hidden=512, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.heads, self.emb = heads, nn.Embedding(vocab, d)
-        self.blocks = nn.ModuleList()
-        for _ in range(layers):
-            b = nn.Module()
-            b.n1, b.n2 = nn.RMSNorm(d, eps=1e-5), nn.RMSNorm(d, eps=1e-5)
-            b.qkv, b.out = nn.Linear(d, 3 * d, bias=False), nn.Linear(d, d, bias=False)
-            b.gate, b.up = nn.Linear(d, hidden, bias=False), nn.Linear(d, hidden, bias=False)
-            b.down = nn.Linear(hidden, d, bias=False)
-            self.blocks.append(b)
-        self.norm, self.head = nn.RMSNorm(d, eps=1e-5), nn.Linear(d, vocab, bias=False)
-
-    def rotate(self, t, pos):
-        half = t.shape[-1] // 2
-        freq = 10000.0 ** (-torch.arange(half, dtype=torch.float32) / half)  # (half,)
-        ang = pos[:, None, :, None].float() * freq  # (N, 1, T, half)
-        a, b = t[..., :half], t[..., half:]
-        return torch.cat([a * ang.cos() - b * ang.sin(), a * ang.sin() + b * ang.cos()], dim=-1)
-
-    def forward(self, input_ids, attention_mask=None, logits_mask=None):
-        N, T = input_ids.shape
-        real = torch.ones(N, T, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        pos = (real.long().cumsum(1) - 1).clamp(min=0)  # (N, T)
-        h = self.emb(input_ids)  # (N, T, d)
-        for b in self.blocks:
-            q, k, v = b.qkv(b.n1(h)).view(N, T, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # (N, H, T, dh)
-            a = F.scaled_dot_product_attention(self.rotate(q, pos), self.rotate(k, pos), v,
-                                               attn_mask=real[:, None, None, :])
-            h = h + b.out(a.transpose(1, 2).reshape(N, T, -1))
-            x = b.n2(h)
-            h = h + b.down(F.silu(b.gate(x)) * b.up(x))
-        h = self.norm(h)
-        if logits_mask is not None:
-            h = h[logits_mask]  # (n, d)
-        return self.head(h)  # (N, T, V) or (n, V)
-
-
-def load(which, vocab, d_model, layers):
-    """model.py's tiny model when present (preferred by --model auto), else the stand-in.
-
-    Returns (model, special ids, description)."""
-    if which in ("auto", "tiny"):
-        try:
-            import model as M
-            m = M.load_model("tiny").eval()
-            c = m.config
-            return m, dict(mask=c.mask_id, pad=c.pad_id, vocab=c.vocab_size), "model.load_model('tiny')"
-        except (ImportError, AttributeError) as e:
-            if which == "tiny":
-                raise SystemExit(f"--model tiny needs model.py's load_model: {e}")
-    # TODO: --model auto falls back to the stand-in only while model.py's tiny model is missing
-    m = StandIn(vocab=vocab, d=d_model, layers=layers).eval()
-    return m, dict(mask=2, pad=0, vocab=vocab), f"stand-in (vocab {vocab}, d_model {d_model}, {layers} layers)"
+def load(vocab, d_model, layers):
+    """model.py's tiny model, or its architecture resized (random init). Returns (model, description)."""
+    tiny = M.CONFIGS["tiny"]
+    if (vocab, d_model, layers) == (tiny.vocab_size, tiny.d_model, tiny.n_layers):
+        return M.load_model("tiny").eval(), "model.load_model('tiny')"
+    cfg = dataclasses.replace(tiny, vocab_size=vocab, d_model=d_model, n_layers=layers, char_tokenizer=False)
+    return M.init_weights(M.Denoiser(cfg)).eval(), f"tiny architecture resized (vocab {vocab}, d_model {d_model}, {layers} layers)"
 
 
 class Clocked:
@@ -143,11 +89,9 @@ def main():
     p.add_argument("--block_length", type=int, default=32, help="block length (default: one block)")
     p.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.0], help="τ values to run")
     # --- model
-    p.add_argument("--model", default="auto", choices=["auto", "tiny", "standin"],
-                   help="auto: model.py's tiny model if present, else the stand-in")
-    p.add_argument("--vocab", type=int, default=128, help="stand-in vocabulary size (LLaDA: 126464)")
-    p.add_argument("--d_model", type=int, default=128, help="stand-in width")
-    p.add_argument("--layers", type=int, default=4, help="stand-in depth")
+    p.add_argument("--vocab", type=int, default=M.CONFIGS["tiny"].vocab_size, help="vocabulary size (LLaDA: 126464)")
+    p.add_argument("--d_model", type=int, default=M.CONFIGS["tiny"].d_model, help="width")
+    p.add_argument("--layers", type=int, default=M.CONFIGS["tiny"].n_layers, help="depth")
     # --- measurement
     p.add_argument("--repeats", type=int, default=3, help="timed calls per variant (median reported)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -155,7 +99,9 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    model, ids, name = load(args.model, args.vocab, args.d_model, args.layers)
+    model, name = load(args.vocab, args.d_model, args.layers)
+    c = model.config
+    ids = dict(mask=c.mask_id, pad=c.pad_id, vocab=c.vocab_size)
     B, P, L = args.batch, args.prompt_len, args.gen_length
     g = torch.Generator().manual_seed(args.seed)
     prompt = torch.randint(3, min(ids["vocab"], 98), (B, P), generator=g)  # printable ids of the tiny vocabulary
