@@ -15,7 +15,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import train as T  # noqa: E402
@@ -39,7 +38,6 @@ def run_one(args, algo, seed):
     """Train one algorithm for one seed (resuming if a previous invocation was interrupted)."""
     out = os.path.join(args.runs, args.task, f"{algo}-seed{seed}")
     state = os.path.join(T.checkpoint_dir(out), "state.json")
-    t0 = time.time()
     if os.path.isfile(state) and json.load(open(state))["step"] >= args.steps:
         print(f"[compare] {out}: already finished, reusing it")
     elif os.path.isfile(state):
@@ -49,7 +47,7 @@ def run_one(args, algo, seed):
                 "--eval_every", str(args.eval_every), "--save_every", str(args.eval_every), "--out", out] + args.extra)
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     first = json.load(open(state))["first_eval"]
-    return {"algo": algo, "seed": seed, "rows": rows, "first_eval": first, "wall_s": time.time() - t0}
+    return {"algo": algo, "seed": seed, "rows": rows, "first_eval": first}
 
 
 def summarise(run):
