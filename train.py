@@ -57,6 +57,8 @@ ALGOS = {
     "wd1": Algo("one_pass", "rloo", False),
 }
 
+ROOT = os.path.dirname(os.path.abspath(__file__))  # shipped tiny bases live in ROOT/bases
+
 # Hub checkpoints the short names point at; they must be downloaded to a local directory first.
 HUB_NAMES = {
     "llada": ("GSAI-ML/LLaDA-8B-Instruct", "checkpoints/LLaDA-8B-Instruct"),
@@ -75,9 +77,10 @@ TINY_DEFAULTS = dict(
     block_length=None, temperature=1.0, max_prompt_len=64,
     group_size=8, prompts_per_step=32, rollout_batch=64, mu=4, num_mc=1, beta=0.0, psi=1.0,
     eps=4e-4, clip_eps=0.2, lr=1e-4, warmup=0, weight_decay=0.0, grad_clip=1.0,
-    lora_rank=0, lora_alpha=0, lora_dropout=0.0, steps=60, eval_every=20, n_eval=256,
-    save_every=20, grad_ckpt=False, eval_block_length=None,
-    pretrain_steps=150, pretrain_batch=64, pretrain_lr=1e-3,  # a base at ~45% cell accuracy
+    lora_rank=0, lora_alpha=0, lora_dropout=0.0, steps=30, eval_every=10, n_eval=256,
+    save_every=10, grad_ckpt=False, eval_block_length=None,
+    # the demo's base (bases/tiny-sudoku): solves most puzzles it answers, leaves many unanswered
+    pretrain_steps=600, pretrain_batch=64, pretrain_lr=1e-3, pretrain_no_answer=0.45,
 )
 # Canvas lengths of the tiny model's compact answers (gen_length, diffusion steps).
 TINY_TASK_LENGTHS = {"sudoku": (16, 16), "countdown": (16, 16)}
@@ -91,7 +94,7 @@ def parse_args(argv=None):
     g.add_argument("--data", default=None, help="local training file in the task's official format (default: the task's own generator)")
     g.add_argument("--eval_data", default=None, help="local held-out file (default: the generator's test split)")
     g.add_argument("--model", default="tiny", help="'tiny', 'llada', 'dream', or a local directory with a checkpoint in the hub layout")
-    g.add_argument("--init", default=None, help="tiny only: base checkpoint directory to start RL from (default: runs/tiny-TASK-base/checkpoint, pre-trained on the fly if absent)")
+    g.add_argument("--init", default=None, help="tiny only: base checkpoint directory to start RL from (default: the shipped bases/tiny-TASK, else runs/tiny-TASK-base/checkpoint, pre-trained on the fly)")
     g.add_argument("--algo", default="gdsd", choices=sorted(ALGOS) + ["pretrain"], help="training objective ('pretrain' = masked-diffusion pre-training of the tiny model)")
     # --- the objective
     g = p.add_argument_group("objective (loss.py)")
@@ -128,6 +131,7 @@ def parse_args(argv=None):
     g.add_argument("--pretrain_steps", type=int, help="pretrain: optimizer steps")
     g.add_argument("--pretrain_batch", type=int, help="pretrain: examples per step")
     g.add_argument("--pretrain_lr", type=float, help="pretrain: AdamW learning rate")
+    g.add_argument("--pretrain_no_answer", type=float, help="pretrain: fraction of examples whose reference is the empty answer (the base then sometimes answers nothing, which the verifier scores 0)")
     # --- run bookkeeping
     g = p.add_argument_group("run")
     g.add_argument("--out", default=None, help="run directory (default: runs/TASK-MODEL-ALGO)")
@@ -159,6 +163,8 @@ def resolve_defaults(args):
         return args
     if args.algo == "wd1" and args.beta:
         sys.exit("error: wd1 has no KL term (its loss ignores β); drop --beta or choose another --algo")
+    if args.pretrain_no_answer is not None and not 0 <= args.pretrain_no_answer < 1:
+        sys.exit(f"error: --pretrain_no_answer must be in [0, 1), got {args.pretrain_no_answer}")
     tiny = is_tiny(args.model)
     if args.algo == "pretrain" and not tiny:
         sys.exit("error: --algo pretrain trains the built-in tiny model only; hub models start from their instruct weights")
@@ -178,7 +184,9 @@ def resolve_defaults(args):
         args.eval_gen_length = args.eval_gen_length or args.gen_length
         args.eval_block_length = args.eval_block_length or args.block_length
         if args.model == "tiny" and args.algo != "pretrain":
-            args.init = args.init or f"runs/tiny-{args.task}-base/checkpoint"
+            shipped = os.path.join(ROOT, "bases", f"tiny-{args.task}")
+            args.init = args.init or (shipped if os.path.isfile(os.path.join(shipped, "model.safetensors"))
+                                      else f"runs/tiny-{args.task}-base/checkpoint")
     if args.algo == "wd1":
         args.beta = 0.0
     args.grad_ckpt = bool(args.grad_ckpt)
@@ -668,10 +676,12 @@ def pretrain_step(step, policy, optimizer, tok, task, train, args, device, rank,
     """One MDM step: −ELBO/L of reference completions under stratified coupled masks."""
     rng = random.Random(seed_for(args.seed, "pretrain", step))
     picks = [train[rng.randrange(len(train))] for _ in range(args.pretrain_batch)]
+    no_answer = [rng.random() < args.pretrain_no_answer for _ in picks][rank::world]
     examples = picks[rank::world]
     style = prompt_style(tok)
     prompt_ids, attn = encode_prompts(tok, task, examples, style, args.max_prompt_len)
-    x0 = encode_completions(tok, [task.reference(ex, style) for ex in examples], args.gen_length)
+    references = ["" if empty else task.reference(ex, style) for ex, empty in zip(examples, no_answer)]
+    x0 = encode_completions(tok, references, args.gen_length)  # "" = all EOS
     prompt_ids, attn, x0 = prompt_ids.to(device), attn.to(device), x0.to(device)
     # masks drawn for the whole global batch, so the run does not depend on the number of processes
     mask = L.forward_process(seed_for(args.seed, "pretrain-mask", step), args.pretrain_batch, x0.shape[1], 1, device)[0][rank::world]

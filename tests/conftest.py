@@ -17,6 +17,6 @@ def tiny_base(tmp_path_factory):
     digits in the right places without solving the puzzles, so rollout rewards vary."""
     import train as T
     out = str(tmp_path_factory.mktemp("base"))
-    T.main(["--algo", "pretrain", "--task", "sudoku", "--pretrain_steps", "60", "--pretrain_batch", "32",
+    T.main(["--algo", "pretrain", "--task", "sudoku", "--pretrain_steps", "60", "--pretrain_batch", "32", "--pretrain_no_answer", "0",
             "--n_eval", "8", "--eval_every", "0", "--save_every", "60", "--train_size", "200", "--out", out])
     return T.checkpoint_dir(out)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import model as M
+import reward as R
 import train as T
 from conftest import read_metrics
 
@@ -32,6 +33,36 @@ def test_pretraining_lowers_the_mdm_loss(tiny_base):
     losses = [m["loss"] for m in read_metrics(os.path.dirname(tiny_base))]
     assert len(losses) == 60 and all(map(torch.isfinite, torch.tensor(losses)))
     assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10
+
+
+def test_pretraining_replaces_the_requested_fraction_of_answers_by_the_empty_answer(tmp_path, monkeypatch):
+    references, encode = [], T.encode_completions
+    monkeypatch.setattr(T, "encode_completions", lambda tok, texts, length: references.extend(texts) or encode(tok, texts, length))
+    common = ["--algo", "pretrain", "--task", "sudoku", "--pretrain_batch", "64", "--n_eval", "8", "--eval_every", "0", "--train_size", "200"]
+    T.main(common + ["--pretrain_steps", "4", "--pretrain_no_answer", "0.5", "--out", str(tmp_path / "half")])
+    assert len(references) == 4 * 64
+    assert 0.4 < references.count("") / len(references) < 0.6  # binomial(256, 0.5): ±3 std
+    assert all(R.valid_grid(r) for r in references if r)  # the others are the true solutions
+    references.clear()
+    T.main(common + ["--pretrain_steps", "1", "--pretrain_no_answer", "0", "--out", str(tmp_path / "none")])
+    assert len(references) == 64 and "" not in references
+
+
+def test_the_demo_starts_from_the_shipped_base_made_by_the_documented_command():
+    base = os.path.join(ROOT, "bases", "tiny-sudoku")
+    assert T.parse_args([]).init == base
+    state = json.load(open(os.path.join(base, "state.json")))
+    documented = T.parse_args(["--task", "sudoku", "--algo", "pretrain", "--seed", "0"])
+    for k in ("pretrain_steps", "pretrain_batch", "pretrain_lr", "pretrain_no_answer", "seed", "task", "train_size"):
+        assert state["config"][k] == getattr(documented, k), k
+    assert state["step"] == documented.pretrain_steps
+    # the shipped weights score what the pre-training run recorded (greedy, 256 held-out puzzles) ...
+    args, task = T.parse_args([]), R.get_task("sudoku")
+    _, test = T.load_examples(task, args)
+    score = T.evaluate(M.load_model(base), M.load_tokenizer(base), task, test, args, torch.device("cpu"))["score"]
+    recorded = state["metrics"]["eval"]["score"]
+    assert score == pytest.approx(recorded, abs=0.02)  # (other CPUs round differently)
+    assert 0.2 <= recorded <= 0.7  # ... and the base is partly competent, as the demo needs
 
 
 @pytest.mark.parametrize("algo", sorted(T.ALGOS))
@@ -131,6 +162,7 @@ def test_two_process_fsdp_matches_one_process(tiny_base, tmp_path):
     (["--algo", "wd1", "--beta", "0.1"], "wd1 has no KL term"),
     (["--resume", "no/such/run"], "cannot resume"),
     (["--init", "no/such/base"], "has no config.json"),
+    (["--algo", "pretrain", "--pretrain_no_answer", "1"], "must be in [0, 1)"),
 ])
 def test_bad_configurations_fail_with_a_clear_message(argv, message, tmp_path):
     with pytest.raises(SystemExit) as e:
