@@ -36,6 +36,7 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=64, help="prompts decoded together per rank")
     p.add_argument("--max_prompt_len", type=int, default=400, help="longer prompts are an error")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated test split")
+    p.add_argument("--suppress_eos", action="store_true", help="never sample EOS (LLaDA's logits_eos_inf): scores the model forced to give a full-length answer")
     p.add_argument("--out", default=None, help="JSON file for numbers, config and completions (default: next to the checkpoint, or eval-TASK.json)")
     return p.parse_args(argv)
 
@@ -60,7 +61,8 @@ def main(argv=None):
         cfg = argparse.Namespace(eval_gen_length=gen_length, eval_block_length=min(args.block_length, gen_length),
                                  rollout_batch=args.batch_size, remasking="low_confidence", max_prompt_len=args.max_prompt_len)
         records = []
-        summary = T.evaluate(model, tok, task, examples, cfg, device, rank, world, records=records, progress=f"gen {gen_length}")
+        summary = T.evaluate(model, tok, task, examples, cfg, device, rank, world, records=records, progress=f"gen {gen_length}",
+                             suppress_eos=args.suppress_eos)
         if dist.is_initialized():  # collect every rank's completions on rank 0
             parts = [None] * world if rank == 0 else None
             dist.gather_object(records, parts, dst=0)

@@ -386,8 +386,9 @@ def decode_completion(tok, ids):
 
 @torch.no_grad()
 def rollout(model, tok, task, examples, *, style, gen_length, block_length, steps, temperature,
-            remasking, max_prompt_len, seed, device, repeat=1):
-    """Generate `repeat` completions per example and score them with the task's verifier.
+            remasking, max_prompt_len, seed, device, repeat=1, suppress_eos=False):
+    """Generate `repeat` completions per example and score them with the task's verifier
+    (`suppress_eos`: EOS is never sampled, so every completion fills the whole canvas).
 
     Returns prompt ids, attention mask, completion ids (N·repeat, L), texts and rewards (N·repeat,)."""
     examples = [ex for ex in examples for _ in range(repeat)]
@@ -397,15 +398,17 @@ def rollout(model, tok, task, examples, *, style, gen_length, block_length, step
     with gathered(model):
         canvas = S.generate(model, prompt_ids, gen_length=gen_length, steps=steps, block_length=block_length,
                             temperature=temperature, remasking=remasking, mask_id=tok.mask_id,
-                            attention_mask=attn, generator=gen)
+                            attention_mask=attn, generator=gen, eos_id=tok.eos_id if suppress_eos else None,
+                            suppress_eos=suppress_eos)
     x0 = canvas[:, prompt_ids.shape[1]:]
     texts = [decode_completion(tok, row) for row in x0.cpu()]
     rewards = torch.tensor([task.score(t, ex, style) for t, ex in zip(texts, examples)], dtype=torch.float32, device=device)
     return prompt_ids, attn, x0, texts, rewards
 
 
-def evaluate(model, tok, task, examples, args, device, rank=0, world=1, records=None, progress=None):
-    """Greedy held-out score with the training verifier, examples sharded over ranks.
+def evaluate(model, tok, task, examples, args, device, rank=0, world=1, records=None, progress=None, suppress_eos=False):
+    """Greedy held-out score with the training verifier, examples sharded over ranks (`suppress_eos`:
+    the model must write a full-length answer).
 
     Returns the means over all ranks of the score and of every `task.details` metric; appends one
     record per example of this rank to `records` when a list is given."""
@@ -421,7 +424,7 @@ def evaluate(model, tok, task, examples, args, device, rank=0, world=1, records=
         *_, texts, rewards = rollout(model, tok, task, batch, style=style, gen_length=args.eval_gen_length,
                                      block_length=args.eval_block_length, steps=eval_steps(args.eval_gen_length, style),
                                      temperature=0.0, remasking=args.remasking, max_prompt_len=args.max_prompt_len,
-                                     seed=0, device=device)
+                                     seed=0, device=device, suppress_eos=suppress_eos)
         if progress and rank == 0:
             print(f"[eval] {progress}: batch {i // args.rollout_batch + 1}/{n_batches}", flush=True)
         for j, text, ex, r in zip(idx, texts, batch, rewards.tolist()):  # (empty for a dummy batch)

@@ -48,3 +48,18 @@ def test_eval_reads_the_official_sudoku_file_and_shards_over_two_processes(tiny_
 def test_unknown_task_is_a_clear_error(tiny_base):
     with pytest.raises(SystemExit, match="unknown task 'chess'"):
         E.main(["--task", "chess", "--model", tiny_base])
+
+
+def test_suppress_eos_makes_the_shipped_base_answer_every_puzzle(tmp_path):
+    """The demo's base leaves many puzzles unanswered (an all-EOS completion); with EOS never
+    sampled every completion is a full 16-digit grid, scored the same way."""
+    base = os.path.join(ROOT, "bases", "tiny-sudoku")
+    completions = {}
+    for flag in ([], ["--suppress_eos"]):
+        out = str(tmp_path / f"eval{len(flag)}.json")
+        E.main(["--task", "sudoku", "--model", base, "--n_eval", "64", "--out", out] + flag)
+        completions[bool(flag)] = json.load(open(out))["results"]["16"]["completions"]
+    assert sum(c["completion"] == "" for c in completions[False]) >= 16  # the base answers nothing on many
+    forced = completions[True]
+    assert all(len(c["completion"]) == 16 and set(c["completion"]) <= set("1234") for c in forced)
+    assert all(c["score"] == c["correct_cells"] / c["blank_cells"] for c in forced)
