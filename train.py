@@ -186,7 +186,7 @@ def resolve_defaults(args):
         if args.model == "tiny" and args.algo != "pretrain":
             shipped = os.path.join(ROOT, "bases", f"tiny-{args.task}")
             args.init = args.init or (shipped if os.path.isfile(os.path.join(shipped, "model.safetensors"))
-                                      else f"runs/tiny-{args.task}-base/checkpoint")
+                                      else checkpoint_dir(tiny_base_run(args.task)))
     if args.algo == "wd1":
         args.beta = 0.0
     args.grad_ckpt = bool(args.grad_ckpt)
@@ -716,10 +716,15 @@ def main(argv=None):
     return result
 
 
+def tiny_base_run(task):
+    """Where RL on `tiny` pre-trains its base on the fly when bases/tiny-TASK is not shipped."""
+    return f"runs/tiny-{task}-base"
+
+
 def ensure_tiny_base(args, rank, world, device):
     """RL on `tiny` starts from a pre-trained base: pre-train it on the fly (resuming a crashed
     pre-training run) when the default base checkpoint is absent or unfinished."""
-    base_run = f"runs/tiny-{args.task}-base"
+    base_run = tiny_base_run(args.task)
     if args.init != checkpoint_dir(base_run):
         if not os.path.isfile(os.path.join(args.init, "config.json")):
             sys.exit(f"error: --init {args.init} has no config.json; pass a checkpoint directory written by train.py, or omit --init to pre-train one")
