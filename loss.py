@@ -1,4 +1,4 @@
-"""loss.py — GDSD and its baselines (diffu-GRPO / d1, wd1, ESPO) as plain functions of tensors.
+"""loss.py — GDSD and its baselines (diffu-GRPO / d1, wd1, ESPO, SPG) as plain functions of tensors.
 
 Paper: GDSD, "Reinforcement Learning as Guided Denoiser Self-Distillation for Diffusion Language
 Models" (arXiv 2605.29398). The sections follow the steps of the README's "GDSD in one screen"
@@ -51,7 +51,7 @@ Symbols
 Every departure from the paper or from the official code is stated once, where it is made, in a
 paragraph that starts with "Departure" (in rloo_advantages, stratified_counts, forward_process,
 denoiser_scores, gdsd_teacher, gdsd_loss, gdsd_official_loss, d1_loss, wd1_loss, espo_loss,
-target_scores).
+spg_forward_process, spg_eubo, target_scores).
 """
 import math
 import numbers
@@ -98,7 +98,7 @@ def rloo_advantages(rewards, group_size):
 
 
 def group_mean_advantages(rewards, group_size):
-    """d1's advantages A_i = r_i - mean_group(r), no std scaling; returns (A (B,),
+    """d1's and SPG's advantages A_i = r_i - mean_group(r), no std scaling; returns (A (B,),
     zero_std_fraction), flat groups exactly 0 as in rloo_advantages."""
     r = _grouped_rewards(rewards, group_size)  # (B/G, G)
     return _zero_flat_groups(r - r.mean(-1, keepdim=True), r)
@@ -151,7 +151,7 @@ def forward_process(seed, batch_size, completion_len, num_mc=1, device=None):
     Returns masks (num_mc, B, L) bool, True = masked; the prompt is never masked. Draw j does not
     depend on num_mc: forward_process(s, B, L, n)[j] is the same for any n > j.
     Departure: randomness comes from a dedicated CPU torch.Generator, so the global RNG is untouched
-    and a seed gives the same masks on every device. The official GDSD, ESPO, d1 and wd1 code
+    and a seed gives the same masks on every device. The official GDSD, ESPO, SPG, d1 and wd1 code
     reseed the global RNGs (set_seed) in every scoring call, which also resets dropout and sampling.
     """
     if batch_size < 1 or completion_len < 1 or num_mc < 1:
@@ -368,7 +368,7 @@ def gdsd_official_loss(s_theta, s_old, s_ref, adv, *, length, psi, beta, eps):
 
 
 # ----------------------------------------------------------------------------------------------
-# Baselines on the same rollouts: d1 (diffu-GRPO), wd1, ESPO.
+# Baselines on the same rollouts: d1 (diffu-GRPO), wd1, ESPO, SPG.
 
 def kl_k3(logp, logp_ref):
     """k3 estimate of KL(π‖π_ref): exp(d) - d - 1, d = log π_ref - log π (≥ 0, 0 at equality)."""
@@ -503,6 +503,129 @@ def espo_loss(s_theta, s_old, s_ref, adv, *, length, clip_eps, beta):
     metrics = _score_metrics(s_theta, s_old, s_ref, L)
     metrics["clip_frac"] = clipped.float().mean()
     return per_seq.mean(), metrics
+
+
+# SPG (Sandwiched Policy Gradient, arXiv 2510.09541) as the official SPG trainer of the GDSD
+# repository computes it: raise a lower bound (ELBO) of log π for completions with A > 0, lower an
+# upper bound (EUBO, or its mixture with the ELBO) for the others, both estimated on block-wise masks.
+# Defaults are that trainer's: block masks of the sampler's block length (32), num_t = 2 draws,
+# prompt noise p = 0.15, EUBO β = 1.5, mixture weight 0.5 (its min_t = 0, max_t = 1 are built in).
+
+def spg_forward_process(seed, lengths, completion_len, prompt_len, *, num_t=2, block_length=32,
+                        prompt_mask_prob=0.15):
+    """SPG's masks for `num_t` draws (the official "block_random" forward process), a pure function of
+    `seed`. For completion b of n_b tokens (lengths (B,): up to and including its first EOS) and draw k:
+
+      - one block j of `block_length` positions among the ⌈n_b/block_length⌉ blocks the completion
+        reaches, drawn as the official code draws it: a random permutation of all L/block_length
+        blocks taken modulo that count (not uniform when the count does not divide L/block_length);
+      - in block j, m ~ U{1..span} of its span = min(block_length, n_b - j·block_length) completion
+        positions, uniformly at random (the block being decoded);
+      - every later position (later blocks and the EOS tail) masked;
+      - every earlier position and every prompt position masked with probability prompt_mask_prob,
+        independently (official: its prompt noise runs over all positions not yet masked, so it also
+        hits the clean earlier blocks).
+
+    block_length=None is the official "random" forward process: one block spanning the completion.
+    Returns (masks (num_t, B, L), prompt_masks (num_t, B, P)), bool on the CPU, True = masked.
+    Departure: the official code requires num_t <= L/block_length; here further draws continue with
+    fresh permutations (the tiny model's one block allows num_t = 2). Randomness from a dedicated CPU
+    generator, as in forward_process.
+    """
+    B, L = lengths.numel(), completion_len
+    block = block_length or L
+    if L % block or num_t < 1 or not 0.0 <= prompt_mask_prob < 1.0:
+        raise ValueError(f"spg_forward_process needs block_length dividing L = {L}, num_t >= 1 and "
+                         f"prompt_mask_prob in [0, 1), got {block_length}, {num_t}, {prompt_mask_prob}")
+    n_blocks = L // block
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    masks = torch.zeros(num_t, B, L, dtype=torch.bool)
+    earlier = torch.zeros(num_t, B, L, dtype=torch.bool)  # the clean blocks before block j
+    for b, n in enumerate(lengths.tolist()):
+        assert 1 <= n <= L, f"lengths must be in 1..L = {L}, got {n}"
+        perms = torch.cat([torch.randperm(n_blocks, generator=gen) for _ in range(-(-num_t // n_blocks))])
+        for k, j in enumerate((perms[:num_t] % ((n - 1) // block + 1)).tolist()):
+            start, span = j * block, min(block, n - j * block)
+            count = int(torch.randint(1, span + 1, (), generator=gen))
+            masks[k, b, start + torch.randperm(span, generator=gen)[:count]] = True
+            masks[k, b, start + span:] = True  # later blocks and the EOS tail
+            earlier[k, b, :start] = True
+    masks |= earlier & (torch.rand(num_t, B, L, generator=gen) < prompt_mask_prob)
+    prompt_masks = torch.rand(num_t, B, prompt_len, generator=gen) < prompt_mask_prob  # (num_t, B, P)
+    return masks, prompt_masks
+
+
+def spg_elbo(logp, scored):
+    """SPG's per-token ELBO of each completion (the official estimate), (B,):
+
+        ELBO_b = (1/K) Σ_k (1/n_kb) Σ_{i scored in draw k} log p_θ(x0_i | x_t^k)
+
+    logp (K, B, L) (masked_token_scores), scored (K, B, L) bool, n_kb its count. n_b·ELBO_b is the
+    masked-diffusion ELBO of the completion's n_b tokens with mask ratio n_kb/n_b.
+    """
+    n = scored.sum(-1)  # (K, B)
+    return ((logp * scored).sum(-1) / n.clamp(min=1)).mean(0)
+
+
+def spg_eubo(logp, scored, lengths, beta):
+    """SPG's per-token EUBO of each completion (the official estimate), (B,):
+
+        EUBO_b = mean_{i ∈ U_b} (1/β) · log( (1/K) Σ_k 1[i scored in draw k] · p_θ(x0_i | x_t^k)^β / t_kb )
+
+    t_kb = n_kb / n_b (scored positions of the draw over the completion's length `lengths` (B,)),
+    U_b the positions scored in at least one draw; β >= 1 (official default 1.5).
+    Departure: computed in log space (a logsumexp of β·log p - log t); the official code averages
+    p^β itself, which underflows to 0 in float32 for p^β < 1e-45 and then silently drops the
+    position from U_b.
+    """
+    K = logp.shape[0]
+    t = scored.sum(-1).clamp(min=1) / lengths  # (K, B)
+    terms = beta * logp - t.log()[..., None]  # (K, B, L)
+    seen = scored.any(0)  # (B, L) U_b
+    # draws that did not score i add nothing (-inf); unseen positions get finite 0s and drop out below
+    terms = terms.masked_fill(~scored, -math.inf).masked_fill(~seen, 0.0)
+    per_token = torch.logsumexp(terms, 0) - math.log(K)  # (B, L)
+    return (per_token * seen).sum(-1) / seen.sum(-1).clamp(min=1) / beta
+
+
+def spg_scores(model, prompt_ids, x0, lengths, *, mask_id, seed, num_t=2, block_length=32, eubo_beta=1.5,
+               prompt_mask_prob=0.15, attention_mask=None):
+    """SPG's two bounds of each completion's per-token log-likelihood, (ELBO (B,), EUBO (B,)), on the
+    num_t draws of spg_forward_process(seed, lengths, ...), in one model call on num_t·B sequences.
+
+    lengths (B,): tokens up to and including the first EOS (eos_completion_mask(x0, eos).sum(-1));
+    positions past them are masked in every input and never scored, as in the official trainer.
+    """
+    _check_completions(prompt_ids, x0, mask_id)
+    B, L = x0.shape
+    masks, prompt_masks = spg_forward_process(seed, lengths.cpu(), L, prompt_ids.shape[1], num_t=num_t,
+                                              block_length=block_length, prompt_mask_prob=prompt_mask_prob)
+    masks, prompt_masks, lengths = masks.to(x0.device), prompt_masks.to(x0.device), lengths.to(x0.device)
+    scored = masks & (torch.arange(L, device=x0.device) < lengths[:, None])  # (num_t, B, L)
+    logp = masked_token_scores(model, prompt_ids, x0, masks, mask_id=mask_id, scored=scored,
+                               prompt_masks=prompt_masks, attention_mask=attention_mask)  # (num_t, B, L)
+    return spg_elbo(logp, scored), spg_eubo(logp, scored, lengths, eubo_beta)
+
+
+def spg_loss(elbo, eubo, adv, lengths, *, mix_weight):
+    """SPG loss of one micro-batch (no ratio, no old or reference policy):
+
+        S_b = ELBO_b                          if A_b > 0
+        S_b = ω·EUBO_b + (1-ω)·ELBO_b         otherwise     (ω = mix_weight: 1 EUBO, 0.5 mixture, 0 ELBO)
+        ℓ = - Σ_b A_b · n_b · S_b / Σ_b n_b   n_b = lengths (tokens up to the first EOS)
+
+    n_b·S_b is a sequence-level bound, so the loss pushes a lower bound of log π up for completions
+    better than their group and an upper bound down for the others ("sandwiching" log π), averaged
+    over the micro-batch's tokens. adv: group_mean_advantages. The gradient is the same at any θ.
+    Metrics: elbo, eubo (means of the per-token bounds).
+    """
+    if not (elbo.dim() == 1 and elbo.shape == eubo.shape == adv.shape == lengths.shape):
+        raise ValueError(f"spg_loss takes elbo, eubo, adv and lengths of one shape (B,), got {tuple(elbo.shape)}, "
+                         f"{tuple(eubo.shape)}, {tuple(adv.shape)} and {tuple(lengths.shape)}")
+    bound = torch.where(adv > 0, elbo, mix_weight * eubo + (1 - mix_weight) * elbo)  # (B,)
+    n = lengths.to(elbo.dtype)
+    loss = -(adv * n * bound).sum() / n.sum()
+    return loss, {"elbo": elbo.detach().mean(), "eubo": eubo.detach().mean()}
 
 
 # ----------------------------------------------------------------------------------------------
