@@ -42,7 +42,7 @@ import sample as S
 
 @dataclasses.dataclass(frozen=True)
 class Algo:
-    score: str          # "logprob" | "centered" | "elbo" (coupled-mask scores) | "one_pass" (d1)
+    score: str          # "logprob" | "centered" | "elbo" (coupled-mask scores) | "one_pass" (d1) | "spg" (ELBO, EUBO)
     advantage: str      # "rloo" | "group_mean"
     uses_ref: bool      # whether β > 0 needs a reference policy
 
@@ -55,6 +55,7 @@ ALGOS = {
     "espo": Algo("elbo", "rloo", True),
     "d1": Algo("one_pass", "group_mean", True),
     "wd1": Algo("one_pass", "rloo", False),
+    "spg": Algo("spg", "group_mean", False),  # no KL term: the official SPG trainer refuses β > 0
 }
 
 ROOT = os.path.dirname(os.path.abspath(__file__))  # shipped tiny bases live in ROOT/bases
@@ -104,7 +105,16 @@ def parse_args(argv=None):
     g.add_argument("--clip_eps", type=float, help="PPO clip range of d1 / ESPO")
     g.add_argument("--num_mc", type=int, help="mask draws per completion and inner pass")
     g.add_argument("--mu", type=int, help="μ, optimizer passes per rollout round")
-    g.add_argument("--prompt_mask_prob", type=float, default=0.15, help="d1 / wd1: probability of masking each prompt token in the one-pass estimate")
+    g.add_argument("--prompt_mask_prob", type=float, default=0.15,
+                   help="d1 / wd1 / spg: probability of masking each prompt token (spg: also tokens of earlier blocks)")
+    g.add_argument("--spg_num_t", type=int, default=2,
+                   help="spg: mask draws per completion and inner pass, in one call (the EUBO averages over them)")
+    g.add_argument("--spg_masking", default="block", choices=["block", "random"],
+                   help="spg: 'block' = one block of --block_length being decoded, earlier blocks clean, "
+                        "later ones masked; 'random' = a random subset of the whole completion")
+    g.add_argument("--spg_eubo_beta", type=float, default=1.5, help="spg: β of the evidence upper bound")
+    g.add_argument("--spg_mix_weight", type=float, default=0.5,
+                   help="spg: weight of the EUBO for negative-advantage completions, the rest ELBO (1 = EUBO only)")
     # --- rollouts
     g = p.add_argument_group("rollouts (sample.py)")
     g.add_argument("--gen_length", type=int, help="completion canvas length L")
@@ -161,8 +171,8 @@ def resolve_defaults(args):
         args = argparse.Namespace(**saved)
         args.out, args.resume, args.steps = run_dir, True, steps or saved["steps"]
         return args
-    if args.algo == "wd1" and args.beta:
-        sys.exit("error: wd1 has no KL term (its loss ignores β); drop --beta or choose another --algo")
+    if args.algo in ("wd1", "spg") and args.beta:
+        sys.exit(f"error: {args.algo} has no KL term (its loss ignores β); drop --beta or choose another --algo")
     if args.pretrain_no_answer is not None and not 0 <= args.pretrain_no_answer < 1:
         sys.exit(f"error: --pretrain_no_answer must be in [0, 1), got {args.pretrain_no_answer}")
     tiny = is_tiny(args.model)
@@ -187,7 +197,7 @@ def resolve_defaults(args):
             shipped = os.path.join(ROOT, "bases", f"tiny-{args.task}")
             args.init = args.init or (shipped if os.path.isfile(os.path.join(shipped, "model.safetensors"))
                                       else checkpoint_dir(tiny_base_run(args.task)))
-    if args.algo == "wd1":
+    if args.algo in ("wd1", "spg"):
         args.beta = 0.0
     args.grad_ckpt = bool(args.grad_ckpt)
     args.out = args.out or f"runs/{args.task}-{os.path.basename(str(args.model).rstrip('/'))}-{args.algo}"
@@ -449,13 +459,18 @@ def eval_steps(gen_length, style):
 # Scores and losses of one micro-batch and one draw.
 
 def policy_scores(model, algo, batch, seed, draw, args, mask_id):
-    """The score the algorithm needs for one draw: (B,) coupled-mask score or (B, L) one-pass log p."""
+    """The score the algorithm needs for one draw: (B,) coupled-mask score, (B, L) one-pass log p, or SPG's bounds."""
     prompt_ids, attn, x0 = batch["prompt_ids"], batch["attn"], batch["x0"]
     # LoRA dropout draws the same masks for θ and old on the same seeds, so S_θ = S_old at θ = θ_old
     torch.manual_seed(seed_for(seed, draw, "dropout"))
     if algo.score == "one_pass":
         return L.one_pass_logprobs(model, prompt_ids, x0, mask_id=mask_id, prompt_mask_prob=args.prompt_mask_prob,
                                    seed=seed_for(seed, draw), attention_mask=attn)
+    if algo.score == "spg":  # all num_t draws in one call: (ELBO (B,), EUBO (B,))
+        block = args.block_length if args.spg_masking == "block" else None
+        return L.spg_scores(model, prompt_ids, x0, batch["token_mask"].sum(-1), mask_id=mask_id, seed=seed,
+                            num_t=args.spg_num_t, block_length=block, eubo_beta=args.spg_eubo_beta,
+                            prompt_mask_prob=args.prompt_mask_prob, attention_mask=attn)
     masks = L.forward_process(seed, x0.shape[0], x0.shape[1], args.num_mc, x0.device)  # (num_mc, B, L)
     return L.denoiser_scores(model, prompt_ids, x0, masks[draw], mask_id=mask_id, estimator=algo.score, attention_mask=attn)
 
@@ -473,6 +488,8 @@ def algo_loss(name, s, s_old, s_ref, batch, args):
         return L.d1_loss(s, s_old, s_ref, A, clip_eps=args.clip_eps, beta=args.beta, token_mask=batch["token_mask"])
     if name == "wd1":
         return L.wd1_loss((s * batch["token_mask"]).sum(-1), batch["rewards"], group_size=args.group_size)
+    if name == "spg":  # s = (ELBO, EUBO) per completion
+        return L.spg_loss(*s, A, batch["token_mask"].sum(-1), mix_weight=args.spg_mix_weight)
     raise ValueError(f"unknown algorithm {name!r}")
 
 
@@ -618,7 +635,7 @@ def rl_step(step, policy, ref, optimizer, tok, task, train, args, device, rank, 
     # 4. old and reference scores, on the exact masks (and dropout) the μ inner passes will use
     t1 = time.time()
     policy.train()
-    draws = 1 if algo.score == "one_pass" else args.num_mc
+    draws = 1 if algo.score in ("one_pass", "spg") else args.num_mc
     mask_seed = lambda j, b: seed_for(args.seed, "mask", step, j, b["chunk"])
     with torch.no_grad():
         for b in batches:

@@ -114,7 +114,6 @@ def test_forward_process_counts_follow_one_offset():
         n = m.sum(-1)
         k = int(n[0])  # the first count is the offset itself
         assert torch.equal(n, L.stratified_counts(k, B, Lc))
-        assert torch.equal(L.mask_ratio(m), n.float() / (Lc + 1))
 
 
 def test_forward_process_is_a_pure_function_of_the_seed():
@@ -622,3 +621,181 @@ def test_kl_estimators_are_nonnegative_and_zero_at_equality():
     x = torch.randn(200000, generator=g, dtype=torch.float64)
     logp, logq = -0.5 * x**2, -0.5 * (x - 0.5) ** 2
     assert float(L.kl_k3(logp, logq).mean()) == pytest.approx(0.125, abs=5e-3)  # KL = 0.5²/2
+
+
+# ----------------------------------------------------------------------------------------------
+# SPG.
+
+def chosen_blocks(masks, lengths, block):
+    """Per (draw, completion): the block being decoded, read off masks drawn with no noise."""
+    out = torch.zeros(masks.shape[:2], dtype=torch.long)
+    for k, b in itertools.product(range(masks.shape[0]), range(masks.shape[1])):
+        out[k, b] = int(masks[k, b].nonzero()[0]) // block  # the first masked position lies in it
+    return out
+
+
+def test_spg_masks_follow_the_block_structure():
+    Lc, block, P = 16, 4, 3
+    lengths = torch.tensor([16, 11, 3, 9, 1, 13])
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    masks, prompt_masks = L.spg_forward_process(5, lengths, Lc, P, num_t=3, block_length=block, prompt_mask_prob=0.0)
+    assert torch.equal(torch.get_rng_state(), state)  # global RNG untouched
+    assert masks.shape == (3, 6, Lc) and prompt_masks.shape == (3, 6, P) and not prompt_masks.any()
+    blocks = chosen_blocks(masks, lengths, block).flatten().tolist()
+    for (k, b), j in zip(itertools.product(range(3), range(6)), blocks):
+        n, start = int(lengths[b]), j * block
+        span = min(block, n - start)
+        assert start < n  # a block the completion reaches
+        assert not masks[k, b, :start].any()  # earlier blocks clean (no noise at p = 0)
+        assert 1 <= int(masks[k, b, start:start + span].sum()) <= span  # the block being decoded
+        assert masks[k, b, start + span:].all()  # later blocks and the EOS tail
+    again = L.spg_forward_process(5, lengths, Lc, P, num_t=3, block_length=block, prompt_mask_prob=0.0)
+    assert torch.equal(again[0], masks)
+    # without blocks (the official "random" process) every draw masks a subset of the completion,
+    # and more draws than blocks are fine
+    masks, _ = L.spg_forward_process(1, lengths, Lc, P, num_t=5, block_length=None, prompt_mask_prob=0.0)
+    for k, b in itertools.product(range(5), range(6)):
+        n = int(lengths[b])
+        assert 1 <= int(masks[k, b, :n].sum()) <= n and masks[k, b, n:].all()
+    with pytest.raises(ValueError, match="block_length dividing"):
+        L.spg_forward_process(0, lengths, Lc, P, block_length=5)
+
+
+def test_spg_block_choice_counts_and_noise_have_the_official_distribution():
+    Lc, block, P, seeds = 16, 4, 8, 1500
+    lengths = torch.tensor([11, 16])  # 3 of the 4 blocks; all 4
+    picks, counts, noise, prompt_noise = [], [], [], []
+    for s in range(seeds):
+        clean, _ = L.spg_forward_process(s, lengths, Lc, P, num_t=1, block_length=block, prompt_mask_prob=0.0)
+        noisy, prompt_masks = L.spg_forward_process(s, lengths, Lc, P, num_t=1, block_length=block,
+                                                    prompt_mask_prob=0.3)
+        j = int(chosen_blocks(clean, lengths, block)[0, 0])
+        picks.append(j)
+        if j == 1:
+            counts.append(int(clean[0, 0, 4:8].sum()))
+        # the noise only adds masks at earlier positions, the decoded block draws the same
+        assert torch.equal(noisy[0, 0, block * j:], clean[0, 0, block * j:])
+        noise += noisy[0, 0, :block * j].tolist()
+        prompt_noise += prompt_masks.flatten().tolist()
+    # a permutation of the 4 blocks folded onto 3: block 0 comes from 0 or 3, so P = 1/2, 1/4, 1/4
+    for j, p in ((0, 0.5), (1, 0.25), (2, 0.25)):
+        assert abs(picks.count(j) / seeds - p) < 5 * math.sqrt(p * (1 - p) / seeds)
+    for m in range(1, 5):  # m ~ U{1..4} in a full block
+        assert abs(counts.count(m) / len(counts) - 0.25) < 5 * math.sqrt(0.25 * 0.75 / len(counts))
+    for hits in (noise, prompt_noise):  # earlier blocks and the prompt: independent p = 0.3
+        assert abs(sum(hits) / len(hits) - 0.3) < 5 * math.sqrt(0.21 / len(hits))
+
+
+def plain_spg(model, prompt_ids, x0, lengths, masks, prompt_masks, attention_mask, beta):
+    """Transcription of the official SPG trainer's estimates: full logits per draw, probabilities
+    averaged before the log, zero averages set to 1 and dropped (float64)."""
+    K, (B, Lc), P = masks.shape[0], x0.shape, prompt_ids.shape[1]
+    attn = torch.cat([attention_mask, torch.ones(B, Lc, dtype=attention_mask.dtype)], 1)
+    completion = (torch.arange(Lc) < lengths[:, None]).double()  # (B, L)
+    logps = []
+    for k in range(K):
+        ids = torch.cat([prompt_ids.masked_fill(prompt_masks[k], MASK), x0.masked_fill(masks[k], MASK)], 1)
+        z = model(ids, attention_mask=attn)[:, P:].double()  # (B, L, V)
+        logps.append(torch.log_softmax(z, -1).gather(-1, x0[..., None])[..., 0])
+    logp, hit = torch.stack(logps), masks.double() * completion  # (K, B, L)
+    per_draw = (logp * hit).sum(-1) / hit.sum(-1)  # (K, B)
+    t = hit.sum(-1) / completion.sum(-1)  # (K, B)
+    avg = (logp.exp() ** beta * hit / t[..., None]).mean(0)  # (B, L)
+    keep = avg > 0
+    avg = torch.where(keep, avg, torch.ones_like(avg))
+    eubo = (avg.log() * keep).sum(-1) / keep.sum(-1) / beta
+    return per_draw.mean(0), eubo
+
+
+def test_spg_scores_and_gradient_match_a_transcription_of_the_official_trainer():
+    B, P, Lc, block = 4, 3, 8, 4
+    model = TinyDenoiser()
+    prompt_ids, x0 = batch(B, P, Lc)
+    attn = torch.ones(B, P, dtype=torch.bool)
+    attn[0, 0] = attn[2, :2] = False  # left padding
+    lengths = torch.tensor([8, 5, 2, 7])
+    adv = torch.tensor([0.5, -0.25, 0.0, -0.25])
+    kw = dict(num_t=3, block_length=block, prompt_mask_prob=0.3)
+    rec = Recorder(model)
+    elbo, eubo = L.spg_scores(rec, prompt_ids, x0, lengths, mask_id=MASK, seed=4, eubo_beta=1.5, attention_mask=attn,
+                              **kw)
+    masks, prompt_masks = L.spg_forward_process(4, lengths, Lc, P, **kw)
+    ((ids, _, lmask),) = rec.calls  # one call on the num_t·B noisy copies
+    assert ids.shape == (3 * B, P + Lc)
+    assert torch.equal(ids[:, P:] == MASK, masks.view(3 * B, Lc))  # the EOS tail is masked ...
+    assert torch.equal(lmask[:, P:], (masks & (torch.arange(Lc) < lengths[:, None])).view(3 * B, Lc))  # ... not scored
+    want_elbo, want_eubo = plain_spg(model, prompt_ids, x0, lengths, masks, prompt_masks, attn, 1.5)
+    torch.testing.assert_close(elbo.double(), want_elbo, rtol=0, atol=1e-5)
+    torch.testing.assert_close(eubo.double(), want_eubo, rtol=0, atol=1e-5)
+    # the official loss: -Σ A·n·S / Σ n, S = ELBO for A > 0, else ½ EUBO + ½ ELBO
+    loss, metrics = L.spg_loss(elbo, eubo, adv, lengths, mix_weight=0.5)
+    bound = torch.where(adv > 0, want_elbo, 0.5 * want_eubo + 0.5 * want_elbo)
+    want = -(adv * lengths * bound).sum() / lengths.sum()
+    torch.testing.assert_close(loss.double(), want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(metrics["eubo"], eubo.mean())
+    for g, w in zip(param_grads(model, loss), param_grads(model, want)):
+        torch.testing.assert_close(g, w.float(), rtol=1e-4, atol=1e-6)
+
+
+def test_spg_bounds_on_a_denoiser_whose_likelihood_is_known():
+    """PositionOnly ignores the context, so log π(x0) = Σ_i log p_i exactly: the ELBO is unbiased for
+    it, the EUBO tends to it as the draws grow (E[1[i masked]/t] = 1), and both have closed forms."""
+    B, P, Lc, beta = 3, 2, 6, 1.5
+    model = PositionOnly(seed=1)
+    prompt_ids, x0 = batch(B, P, Lc, vocab=11, seed=2)
+    lengths = torch.tensor([6, 4, 1])
+    with torch.no_grad():
+        logp = torch.log_softmax(model.table[P:P + Lc].double(), -1).gather(1, x0.T).T  # (B, L) log p_i
+        completion = torch.arange(Lc) < lengths[:, None]
+        exact = (logp * completion).sum(-1) / lengths  # per-token log-likelihood
+        # closed forms on one set of block masks
+        kw = dict(num_t=4, block_length=2, prompt_mask_prob=0.2)
+        elbo, eubo = L.spg_scores(model, prompt_ids, x0, lengths, mask_id=MASK, seed=7, eubo_beta=beta, **kw)
+        hit = (L.spg_forward_process(7, lengths, Lc, P, **kw)[0] & completion).double()  # (K, B, L)
+        t = hit.sum(-1) / lengths  # (K, B)
+        torch.testing.assert_close(elbo.double(), ((hit * logp).sum(-1) / hit.sum(-1)).mean(0), rtol=0, atol=1e-6)
+        seen = hit.amax(0)  # (B, L)
+        weight = (hit / t[..., None]).mean(0)  # (B, L) mean of 1[i masked]/t over the draws
+        closed = (seen * (logp + weight.clamp(min=1e-30).log() / beta)).sum(-1) / seen.sum(-1)
+        torch.testing.assert_close(eubo.double(), closed, rtol=0, atol=1e-5)
+        # many draws without blocks: the ELBO is unbiased (within 4 standard errors of its draws) and
+        # the EUBO reaches the exact per-token log-likelihood
+        kw = dict(num_t=4000, block_length=None, prompt_mask_prob=0.0)
+        elbo, eubo = L.spg_scores(model, prompt_ids, x0, lengths, mask_id=MASK, seed=1, eubo_beta=beta, **kw)
+        hit = (L.spg_forward_process(1, lengths, Lc, P, **kw)[0] & completion).double()
+        se = ((hit * logp).sum(-1) / hit.sum(-1)).std(0) / math.sqrt(4000)  # (B,) of the per-draw ELBOs
+    assert ((elbo.double() - exact).abs() <= 4 * se + 1e-6).all()
+    torch.testing.assert_close(eubo.double(), exact, rtol=0, atol=2e-3)
+    # the mixture used for negative advantages is the ω-weighted sum
+    loss, _ = L.spg_loss(elbo, eubo, -torch.ones(B), lengths, mix_weight=0.25)
+    torch.testing.assert_close(loss, ((0.25 * eubo + 0.75 * elbo) * lengths).sum() / lengths.sum())
+
+
+def test_spg_gradient_is_the_closed_form_on_a_position_only_denoiser():
+    """ℓ = -Σ_b A_b n_b S_b / Σ n: on PositionOnly, ∂ELBO_b/∂z_i = mean_k 1[i ∈ M_kb]/n_kb · (e_x0 - softmax)
+    and ∂EUBO_b/∂z_i = 1[i seen]/|seen_b| · (e_x0 - softmax) (p^β factors out of the log-mean)."""
+    B, P, Lc = 4, 2, 6
+    model = PositionOnly(seed=3)
+    prompt_ids, x0 = batch(B, P, Lc, vocab=11, seed=5)
+    lengths, adv = torch.tensor([6, 3, 5, 6]), torch.tensor([1.0, -0.5, -1.5, 0.75])
+    kw = dict(num_t=3, block_length=2, prompt_mask_prob=0.15)
+    elbo, eubo = L.spg_scores(model, prompt_ids, x0, lengths, mask_id=MASK, seed=11, eubo_beta=1.5, **kw)
+    loss, _ = L.spg_loss(elbo, eubo, adv, lengths, mix_weight=0.5)
+    (grad,) = torch.autograd.grad(loss, model.table)
+    hit = (L.spg_forward_process(11, lengths, Lc, P, **kw)[0] & (torch.arange(Lc) < lengths[:, None])).float()
+    d_elbo = (hit / hit.sum(-1, keepdim=True)).mean(0)  # (B, L)
+    seen = hit.amax(0)
+    d_eubo = seen / seen.sum(-1, keepdim=True)
+    d_bound = torch.where(adv[:, None] > 0, d_elbo, 0.5 * d_eubo + 0.5 * d_elbo)  # (B, L)
+    coef = -(adv * lengths)[:, None] / lengths.sum() * d_bound  # (B, L) ∂ℓ/∂log p_i
+    soft = torch.softmax(model.table[P:P + Lc].detach(), -1)  # (L, V)
+    want = torch.zeros_like(model.table)
+    for b, i in itertools.product(range(B), range(Lc)):
+        want[P + i] += coef[b, i] * (torch.nn.functional.one_hot(x0[b, i], 11) - soft[i])
+    torch.testing.assert_close(grad, want, rtol=1e-5, atol=1e-7)
+
+
+def test_spg_loss_errors():
+    with pytest.raises(ValueError, match="one shape"):
+        L.spg_loss(torch.zeros(4), torch.zeros(4), torch.zeros(3), torch.ones(4), mix_weight=0.5)

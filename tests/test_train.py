@@ -82,6 +82,20 @@ def test_every_algorithm_runs_two_steps_and_changes_the_weights(algo, tiny_base,
     assert state["step"] == 2 and state["config"]["algo"] == algo
 
 
+def test_spg_with_block_masks_and_the_pure_upper_bound_trains(tiny_base, tmp_path):
+    # two blocks of 8 (the sampler and SPG's masks share --block_length), EUBO only for A <= 0
+    out = str(tmp_path / "spg")
+    T.main(SMALL + ["--algo", "spg", "--init", tiny_base, "--out", out, "--block_length", "8", "--spg_num_t", "3",
+                    "--spg_mix_weight", "1"])
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert all(torch.isfinite(torch.tensor([r["loss"], r["grad_norm"], r["elbo"], r["eubo"]])))
+        assert r["elbo"] < 0 and r["eubo"] < 0  # per-token bounds of log-probabilities
+    before, after = weights(tiny_base), weights(T.checkpoint_dir(out))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
 def comparable(rows):
     """Metrics without wall-clock fields."""
     return [{k: v for k, v in r.items() if not k.endswith("_s") and k != "tokens_per_s"} for r in rows]
@@ -160,6 +174,7 @@ def test_two_process_fsdp_matches_one_process(tiny_base, tmp_path):
     (["--group_size", "1"], "at least 2"),
     (["--prompts_per_step", "3", "--group_size", "4", "--rollout_batch", "8"], "do not split into chunks"),
     (["--algo", "wd1", "--beta", "0.1"], "wd1 has no KL term"),
+    (["--algo", "spg", "--beta", "0.1"], "spg has no KL term"),
     (["--resume", "no/such/run"], "cannot resume"),
     (["--init", "no/such/base"], "has no config.json"),
     (["--algo", "pretrain", "--pretrain_no_answer", "1"], "must be in [0, 1)"),
