@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
+import eval as E
 import loss as L
 import model as M
 import reward as R
@@ -60,12 +61,6 @@ ALGOS = {
 
 ROOT = os.path.dirname(os.path.abspath(__file__))  # shipped tiny bases live in ROOT/bases
 
-# Hub checkpoints the short names point at; they must be downloaded to a local directory first.
-HUB_NAMES = {
-    "llada": ("GSAI-ML/LLaDA-8B-Instruct", "checkpoints/LLaDA-8B-Instruct"),
-    "dream": ("Dream-org/Dream-v0-Instruct-7B", "checkpoints/Dream-v0-Instruct-7B"),
-}
-
 # Defaults: the official LLaDA recipe for hub models; tuned values for `tiny`.
 HUB_DEFAULTS = dict(
     gen_length=256, block_length=32, diffusion_steps=64, temperature=1.0, max_prompt_len=400,
@@ -83,8 +78,6 @@ TINY_DEFAULTS = dict(
     # the demo's base (bases/tiny-sudoku): solves most puzzles it answers, leaves many unanswered
     pretrain_steps=600, pretrain_batch=64, pretrain_lr=1e-3, pretrain_no_answer=0.45,
 )
-# Canvas lengths of the tiny model's compact answers (gen_length, diffusion steps).
-TINY_TASK_LENGTHS = {"sudoku": (16, 16), "countdown": (16, 16)}
 
 
 def parse_args(argv=None):
@@ -93,7 +86,8 @@ def parse_args(argv=None):
     g = p.add_argument_group("task and model")
     g.add_argument("--task", default="sudoku", help=f"task name, one of {sorted(R.TASKS)}")
     g.add_argument("--data", default=None, help="local training file in the task's official format (default: the task's own generator)")
-    g.add_argument("--eval_data", default=None, help="local held-out file (default: the generator's test split)")
+    g.add_argument("--eval_data", default=None, help="local held-out file (default: the generator's test split); never trained on")
+    g.add_argument("--exclude_data", nargs="+", default=None, help="other held-out files the training split must not overlap (e.g. the official test file; sudoku: its solution grids, countdown: its number triples)")
     g.add_argument("--model", default="tiny", help="'tiny', 'llada', 'dream', or a local directory with a checkpoint in the hub layout")
     g.add_argument("--init", default=None, help="tiny only: base checkpoint directory to start RL from (default: the shipped bases/tiny-TASK, else runs/tiny-TASK-base/checkpoint, pre-trained on the fly)")
     g.add_argument("--algo", default="gdsd", choices=sorted(ALGOS) + ["pretrain"], help="training objective ('pretrain' = masked-diffusion pre-training of the tiny model)")
@@ -185,9 +179,9 @@ def resolve_defaults(args):
         if getattr(args, k, None) is None:
             setattr(args, k, v)
     if tiny:
-        if args.task not in TINY_TASK_LENGTHS:
-            sys.exit(f"error: the tiny model has no compact format for task {args.task!r}; use one of {sorted(TINY_TASK_LENGTHS)} or a hub model")
-        gen, steps = TINY_TASK_LENGTHS[args.task]
+        if args.task not in E.TINY_TASK_LENGTHS:
+            sys.exit(f"error: the tiny model has no compact format for task {args.task!r}; use one of {sorted(E.TINY_TASK_LENGTHS)} or a hub model")
+        gen, steps = E.TINY_TASK_LENGTHS[args.task]
         args.gen_length = args.gen_length or gen
         args.diffusion_steps = args.diffusion_steps or steps
         args.block_length = args.block_length or args.gen_length
@@ -234,38 +228,6 @@ def check_world(args, world):
         sys.exit(f"error: {what} = {units} does not split over {world} processes; choose values so that it is a multiple of the process count")
 
 
-def setup_distributed():
-    """Initialise torch.distributed from torchrun's environment (or run single-process)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        reason = f"CUDA available ({torch.cuda.device_count()} GPUs)"
-    else:
-        device, reason = torch.device("cpu"), "no CUDA device found"
-    if world > 1:
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
-    else:
-        backend = "none (single process)"
-    return rank, world, device, f"device {device} ({reason}); backend {backend}; world size {world}"
-
-
-def log0(*a):
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(*a, flush=True)
-
-
-def all_sum(values, device):
-    """Sum a list of floats over ranks (every rank must call it)."""
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(t)
-    return t.tolist()
-
-
 def seed_for(*parts):
     """A 63-bit seed that depends only on its parts (run seed, step, chunk, pass, ...)."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
@@ -273,18 +235,6 @@ def seed_for(*parts):
 
 # ----------------------------------------------------------------------------------------------
 # Models: the policy, the reference and FSDP2 sharding.
-
-def resolve_model_path(name):
-    if name == "tiny" or os.path.isdir(name):
-        return name
-    if name in HUB_NAMES:
-        repo, local = HUB_NAMES[name]
-        if os.path.isdir(local):
-            return local
-        sys.exit(f"error: --model {name} expects the hub checkpoint {repo} in ./{local} (no weights are downloaded at run time). "
-                 f"Fetch it once, e.g. `huggingface-cli download {repo} --local-dir {local}`, or pass --model DIR.")
-    sys.exit(f"error: --model {name!r} is neither 'tiny', one of {sorted(HUB_NAMES)}, nor an existing directory")
-
 
 def shard(model, device):
     """FSDP2: shard every block, then the root; bf16 compute with fp32 gradient reduction on GPU."""
@@ -301,7 +251,7 @@ def build_models(args, device, world):
 
     LoRA runs use the base weights with adapters switched off as the reference (no copy); full
     fine-tuning keeps a frozen copy of the initial weights."""
-    path = args.init if (args.model == "tiny" and args.init) else resolve_model_path(args.model)
+    path = args.init if (args.model == "tiny" and args.init) else E.resolve_model_path(args.model)
     policy = M.load_model(path, device=device if world == 1 else "cpu", dtype=torch.float32 if device.type == "cpu" else torch.bfloat16, seed=args.seed)
     policy.gradient_checkpointing = args.grad_ckpt
     ref = None
@@ -347,32 +297,20 @@ def gathered(model):
 
 
 # ----------------------------------------------------------------------------------------------
-# Data: prompts to token ids, completions to text, rollouts (also used by eval.py).
+# Data: the training split without any held-out example, and the pre-training references.
 
 def load_examples(task, args):
-    train = task.load(args.data) if args.data else task.examples("train", args.train_size, args.seed)
-    test = task.load(args.eval_data) if args.eval_data else task.examples("test", args.n_eval, args.seed)
-    return train, test[: args.n_eval]
-
-
-def prompt_style(tok):
-    """The tiny character model reads compact prompts; hub models read the chat instructions."""
-    return "tiny" if isinstance(tok, M.CharTokenizer) else "chat"
-
-
-def encode_prompts(tok, task, examples, style, max_len):
-    """Left-padded prompt ids (N, P) and their attention mask (N, P)."""
-    rows = [tok.encode(tok.format_prompt(task.prompt(ex, style))) for ex in examples]
-    too_long = [i for i, r in enumerate(rows) if len(r) > max_len]
-    if too_long:
-        raise ValueError(f"{len(too_long)} prompt(s) exceed --max_prompt_len {max_len} tokens (longest {max(len(rows[i]) for i in too_long)}); raise --max_prompt_len")
-    P = max(len(r) for r in rows)
-    ids = torch.full((len(rows), P), tok.pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), P), dtype=torch.bool)
-    for i, r in enumerate(rows):
-        ids[i, P - len(r):] = torch.tensor(r, dtype=torch.long)
-        attn[i, P - len(r):] = True
-    return ids, attn
+    """(training examples, held-out examples). Training never shares a key (a sudoku solution grid, a
+    countdown number triple) with the held-out file, nor with any --exclude_data file."""
+    held_out = task.load(args.eval_data) if args.eval_data else task.examples("test", args.n_eval, args.seed)
+    exclude = {task.key(ex) for path in [args.eval_data] + list(args.exclude_data or []) if path for ex in task.load(path)}
+    if args.data:
+        train = [ex for ex in task.load(args.data) if task.key(ex) not in exclude]
+        if not train:
+            sys.exit(f"error: every example of --data {args.data} is also in a held-out file; nothing is left to train on")
+    else:
+        train = task.examples("train", args.train_size, args.seed, exclude=exclude)
+    return train, held_out[: args.n_eval]
 
 
 def encode_completions(tok, texts, length):
@@ -386,73 +324,12 @@ def encode_completions(tok, texts, length):
     return out
 
 
-def decode_completion(tok, ids):
-    """Completion text up to the first EOS (what the verifier sees)."""
-    ids = ids.tolist()
-    if tok.eos_id in ids:
-        ids = ids[: ids.index(tok.eos_id)]
-    return tok.decode(ids)
-
-
-@torch.no_grad()
-def rollout(model, tok, task, examples, *, style, gen_length, block_length, steps, temperature,
-            remasking, max_prompt_len, seed, device, repeat=1, suppress_eos=False):
-    """Generate `repeat` completions per example and score them with the task's verifier
-    (`suppress_eos`: EOS is never sampled, so every completion fills the whole canvas).
-
-    Returns prompt ids, attention mask, completion ids (N·repeat, L), texts and rewards (N·repeat,)."""
-    examples = [ex for ex in examples for _ in range(repeat)]
-    prompt_ids, attn = encode_prompts(tok, task, examples, style, max_prompt_len)
-    prompt_ids, attn = prompt_ids.to(device), attn.to(device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    with gathered(model):
-        canvas = S.generate(model, prompt_ids, gen_length=gen_length, steps=steps, block_length=block_length,
-                            temperature=temperature, remasking=remasking, mask_id=tok.mask_id,
-                            attention_mask=attn, generator=gen, eos_id=tok.eos_id if suppress_eos else None,
-                            suppress_eos=suppress_eos)
-    x0 = canvas[:, prompt_ids.shape[1]:]
-    texts = [decode_completion(tok, row) for row in x0.cpu()]
-    rewards = torch.tensor([task.score(t, ex, style) for t, ex in zip(texts, examples)], dtype=torch.float32, device=device)
-    return prompt_ids, attn, x0, texts, rewards
-
-
-def evaluate(model, tok, task, examples, args, device, rank=0, world=1, records=None, progress=None, suppress_eos=False):
-    """Greedy held-out score with the training verifier, examples sharded over ranks (`suppress_eos`:
-    the model must write a full-length answer).
-
-    Returns the means over all ranks of the score and of every `task.details` metric; appends one
-    record per example of this rank to `records` when a list is given."""
-    style = prompt_style(tok)
-    mine = list(range(rank, len(examples), world))
-    n_batches = math.ceil(math.ceil(len(examples) / world) / args.rollout_batch)  # equal on all ranks
-    totals, n = {}, 0
-    model.eval()
-    for i in range(0, n_batches * args.rollout_batch, args.rollout_batch):
-        idx = mine[i: i + args.rollout_batch]
-        # a rank out of examples still joins the sharded forward passes, with a discarded dummy
-        batch = [examples[j] for j in idx] if idx else examples[:1]
-        *_, texts, rewards = rollout(model, tok, task, batch, style=style, gen_length=args.eval_gen_length,
-                                     block_length=args.eval_block_length, steps=eval_steps(args.eval_gen_length, style),
-                                     temperature=0.0, remasking=args.remasking, max_prompt_len=args.max_prompt_len,
-                                     seed=0, device=device, suppress_eos=suppress_eos)
-        if progress and rank == 0:
-            print(f"[eval] {progress}: batch {i // args.rollout_batch + 1}/{n_batches}", flush=True)
-        for j, text, ex, r in zip(idx, texts, batch, rewards.tolist()):  # (empty for a dummy batch)
-            metrics = {"score": r, **{k: float(v) for k, v in task.details(text, ex, style).items()}}
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + v
-            n += 1
-            if records is not None:
-                records.append({"index": j, "completion": text, **metrics})
-    model.train()
-    keys = sorted(totals)
-    sums = all_sum([totals.get(k, 0.0) for k in keys] + [n], device)
-    return {k: s / max(sums[-1], 1) for k, s in zip(keys, sums[:-1])}
-
-
-def eval_steps(gen_length, style):
-    """d1 protocol: steps = gen_length / 2 for hub models; the tiny model reveals one token per step."""
-    return gen_length if style == "tiny" else gen_length // 2
+def evaluate(policy, tok, task, examples, args, device, rank, world):
+    """The held-out evaluation (eval.py's) at this run's evaluation settings."""
+    with gathered(policy):
+        return E.evaluate(policy, tok, task, examples, gen_length=args.eval_gen_length, block_length=args.eval_block_length,
+                          batch_size=args.rollout_batch, max_prompt_len=args.max_prompt_len, device=device,
+                          remasking=args.remasking, rank=rank, world=world)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -581,7 +458,7 @@ def log_step(args, step, metrics, rank):
         return
     parts = [f"step {step:5d}"] + [fmt.format(metrics[k]) for k, fmt in LOG_FIELDS if k in metrics]
     if "eval" in metrics:
-        parts.append(f"eval {metrics['eval']['score']:.3f}")
+        parts.append(f"eval {metrics['eval']['accuracy']:.3f}")
     print(" | ".join(parts), flush=True)
     with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
         f.write(json.dumps({"step": step, **metrics}) + "\n")
@@ -618,11 +495,16 @@ def rl_step(step, policy, ref, optimizer, tok, task, train, args, device, rank, 
     batches = []
     for c in my_chunks:
         examples = picks[c * prompts_per_chunk:(c + 1) * prompts_per_chunk]
-        prompt_ids, attn, x0, texts, rewards = rollout(
-            policy, tok, task, examples, style=prompt_style(tok), gen_length=args.gen_length,
-            block_length=args.block_length, steps=args.diffusion_steps, temperature=args.temperature,
-            remasking=args.remasking, max_prompt_len=args.max_prompt_len,
-            seed=seed_for(args.seed, "rollout", step, c), device=device, repeat=G)
+        style = E.prompt_style(tok)
+        with gathered(policy):
+            prompt_ids, attn, x0, texts, _ = E.rollout(
+                policy, tok, task, examples, style=style, gen_length=args.gen_length,
+                block_length=args.block_length, steps=args.diffusion_steps, temperature=args.temperature,
+                remasking=args.remasking, max_prompt_len=args.max_prompt_len,
+                seed=seed_for(args.seed, "rollout", step, c), device=device, repeat=G)
+        # the training reward: each completion with the example it answers (G in a row)
+        rewards = torch.tensor([task.reward(t, examples[i // G], style) for i, t in enumerate(texts)],
+                               dtype=torch.float32, device=device)
         # 3. advantages within each group of G
         if algo.advantage == "rloo":
             adv, zero_std = L.rloo_advantages(rewards, G)
@@ -677,7 +559,7 @@ def rl_step(step, policy, ref, optimizer, tok, task, train, args, device, rank, 
     group_std = rewards.view(-1, G).std(dim=1, unbiased=False)
     keys = sorted(sums)
     local = [rewards.sum().item(), group_std.sum().item(), sum(b["zero_std"] for b in batches), len(batches), rewards.numel()]
-    total = all_sum(local + [sums[k] for k in keys] + [n_terms], device)
+    total = E.all_sum(local + [sums[k] for k in keys] + [n_terms], device)
     r_sum, std_sum, zero_sum, n_b, n_r = total[:5]
     out = {"reward": r_sum / n_r, "reward_std": std_sum / (n_r / G), "zero_std": zero_sum / n_b}
     out.update({k: v / total[-1] for k, v in zip(keys, total[5:-1])})
@@ -698,8 +580,8 @@ def pretrain_step(step, policy, optimizer, tok, task, train, args, device, rank,
     picks = [train[rng.randrange(len(train))] for _ in range(args.pretrain_batch)]
     no_answer = [rng.random() < args.pretrain_no_answer for _ in picks][rank::world]
     examples = picks[rank::world]
-    style = prompt_style(tok)
-    prompt_ids, attn = encode_prompts(tok, task, examples, style, args.max_prompt_len)
+    style = E.prompt_style(tok)
+    prompt_ids, attn = E.encode_prompts(tok, task, examples, style, args.max_prompt_len)
     references = ["" if empty else task.reference(ex, style) for ex, empty in zip(examples, no_answer)]
     x0 = encode_completions(tok, references, args.gen_length)  # "" = all EOS
     prompt_ids, attn, x0 = prompt_ids.to(device), attn.to(device), x0.to(device)
@@ -715,7 +597,7 @@ def pretrain_step(step, policy, optimizer, tok, task, train, args, device, rank,
     if math.isfinite(grad_norm):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    loss_sum, n = all_sum([loss.item(), 1], device)
+    loss_sum, n = E.all_sum([loss.item(), 1], device)
     return {"loss": loss_sum / n, "grad_norm": grad_norm, "skipped_updates": int(not math.isfinite(grad_norm))}
 
 
@@ -723,8 +605,8 @@ def pretrain_step(step, policy, optimizer, tok, task, train, args, device, rank,
 
 def main(argv=None):
     args = parse_args(argv)
-    rank, world, device, why = setup_distributed()
-    log0(f"[setup] {why}")
+    rank, world, device, why = E.setup_distributed()
+    E.log0(f"[setup] {why}")
     if args.model == "tiny" and args.algo != "pretrain" and not args.resume:
         ensure_tiny_base(args, rank, world, device)
     result = run(args, rank, world, device)
@@ -750,7 +632,7 @@ def ensure_tiny_base(args, rank, world, device):
     done = os.path.isfile(state) and json.load(open(state))["step"] >= json.load(open(state))["config"]["pretrain_steps"]
     if done:
         return
-    log0(f"[setup] no finished base checkpoint in {base_run}: pre-training the tiny model first (deterministic, once)")
+    E.log0(f"[setup] no finished base checkpoint in {base_run}: pre-training the tiny model first (deterministic, once)")
     argv = ["--resume", base_run] if os.path.isfile(state) else ["--task", args.task, "--algo", "pretrain", "--seed", str(args.seed), "--out", base_run]
     run(parse_args(argv), rank, world, device)
 
@@ -761,7 +643,7 @@ def run(args, rank, world, device):
     torch.manual_seed(args.seed)
     if rank == 0:
         os.makedirs(args.out, exist_ok=True)
-    log0("[config] " + json.dumps(vars(args), sort_keys=True))
+    E.log0("[config] " + json.dumps(vars(args), sort_keys=True))
     task = R.get_task(args.task)
     policy, ref, path = build_models(args, device, world)
     tok = M.load_tokenizer(path)
@@ -775,13 +657,13 @@ def run(args, rank, world, device):
         start, first_eval, metrics = state["step"], state["first_eval"], state["metrics"]
         if rank == 0:
             truncate_metrics(args, start)
-        log0(f"[resume] from step {start} of {checkpoint_dir(args.out)}")
+        E.log0(f"[resume] from step {start} of {checkpoint_dir(args.out)}")
     total = args.pretrain_steps if args.algo == "pretrain" else args.steps
     step_fn = pretrain_step if args.algo == "pretrain" else lambda *a: rl_step(a[0], a[1], ref, *a[2:])
     eval_every = args.eval_every or total
     if start == 0:
         first_eval = evaluate(policy, tok, task, test, args, device, rank, world)
-        log0(f"[eval] step 0: {json.dumps(first_eval)}")
+        E.log0(f"[eval] step 0: {json.dumps(first_eval)}")
         metrics = {"eval": first_eval}
     bad = 0
     for step in range(start + 1, total + 1):
@@ -798,7 +680,7 @@ def run(args, rank, world, device):
         if step % args.save_every == 0 or step == total:
             save_checkpoint(args, policy, optimizer, step, metrics, first_eval, rank)
     if first_eval is not None and "eval" in metrics:
-        log0(f"[result] held-out {args.task} score: start {first_eval['score']:.3f} -> end {metrics['eval']['score']:.3f} "
+        E.log0(f"[result] held-out {args.task} accuracy: start {first_eval['accuracy']:.3f} -> end {metrics['eval']['accuracy']:.3f} "
              f"({checkpoint_dir(args.out)})")
     return {"first_eval": first_eval, **metrics}
 

@@ -17,6 +17,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import eval as E
 import train as T  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -52,12 +53,12 @@ def run_one(args, algo, seed):
 
 def summarise(run):
     rows = run["rows"]
-    evals = [r["eval"]["score"] for r in rows if r.get("eval")]
+    evals = [r["eval"]["accuracy"] for r in rows if r.get("eval")]
     last = rows[-5:]
     rollout = statistics.mean(r["rollout_s"] for r in rows)
     update = statistics.mean(r["update_s"] for r in rows)
     return {
-        "base": run["first_eval"]["score"], "final": evals[-1], "best": max(evals),
+        "base": run["first_eval"]["accuracy"], "final": evals[-1], "best": max(evals),
         "reward_end": statistics.mean(r["reward"] for r in last), "steps": rows[-1]["step"],
         "rollout_s": rollout, "update_s": update, "rollout_frac": rollout / (rollout + update),
     }
@@ -99,7 +100,7 @@ def plot(args, runs, path):
         mine = [run for run in runs if run["algo"] == algo]
         # held-out: mean over seeds, with the seeds' range shaded
         steps = [0] + [r["step"] for r in mine[0]["rows"] if r.get("eval")]
-        scores = [[run["first_eval"]["score"]] + [r["eval"]["score"] for r in run["rows"] if r.get("eval")] for run in mine]
+        scores = [[run["first_eval"]["accuracy"]] + [r["eval"]["accuracy"] for r in run["rows"] if r.get("eval")] for run in mine]
         per_step = list(zip(*scores))
         ax_eval.plot(steps, [statistics.mean(v) for v in per_step], marker="o", ms=3, color=colors[algo], label=algo)
         if len(mine) > 1:
@@ -120,7 +121,7 @@ def main(argv=None):
     args = parse_args(argv)
     os.makedirs(RESULTS, exist_ok=True)
     # the shared base: pre-trained once (deterministically) exactly as `python train.py` does
-    T.ensure_tiny_base(T.parse_args(["--task", args.task]), 0, 1, T.setup_distributed()[2])
+    T.ensure_tiny_base(T.parse_args(["--task", args.task]), 0, 1, E.setup_distributed()[2])
     runs = [run_one(args, algo, seed) for seed in args.seeds for algo in args.algos]
     summaries = [{"algo": r["algo"], "seed": r["seed"], **summarise(r)} for r in runs]
     cfg = T.parse_args(["--task", args.task] + args.extra)

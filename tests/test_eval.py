@@ -24,14 +24,16 @@ def test_eval_reproduces_the_score_train_logged(tiny_base, tmp_path):
     saved = json.load(open(out))
     assert saved["n_examples"] == 8 and len(saved["results"]["16"]["completions"]) == 8
     assert [c["index"] for c in saved["results"]["16"]["completions"]] == list(range(8))
-    scores = [c["score"] for c in saved["results"]["16"]["completions"]]
-    assert sum(scores) / 8 == pytest.approx(r["metrics"]["score"])
+    completions = saved["results"]["16"]["completions"]
+    correct, total = sum(c["correct"] for c in completions), sum(c["total"] for c in completions)
+    assert correct / total == pytest.approx(r["metrics"]["accuracy"])  # cells summed before dividing
+    assert sum(c["reward"] for c in completions) / 8 == pytest.approx(r["metrics"]["reward"])
 
 
 @pytest.mark.skipif(not os.path.isdir(DATA), reason="the shared data directory ../shared/data is absent")
 def test_eval_reads_the_official_sudoku_file_and_shards_over_two_processes(tiny_base, tmp_path):
     common = ["eval.py", "--task", "sudoku", "--model", tiny_base, "--data", os.path.join(DATA, "sudoku_4x4_test.csv"),
-              "--n_eval", "12", "--batch_size", "4"]
+              "--n_eval", "12", "--batch_size", "4", "--first"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     outs = {}
     for nproc in (1, 2):
@@ -45,9 +47,24 @@ def test_eval_reads_the_official_sudoku_file_and_shards_over_two_processes(tiny_
     assert outs[2]["metrics"] == pytest.approx(outs[1]["metrics"])
 
 
-def test_unknown_task_is_a_clear_error(tiny_base):
-    with pytest.raises(SystemExit, match="unknown task 'chess'"):
-        E.main(["--task", "chess", "--model", tiny_base])
+@pytest.mark.parametrize("flags, message", [
+    (["--task", "chess"], "unknown task 'chess'"), (["--n_eval", "-1"], "--n_eval must be at least 1"),
+    (["--batch_size", "0"], "--batch_size must be at least 1"), (["--gen_lengths", "16", "0"], "--gen_lengths must be positive"),
+])
+def test_bad_flags_are_clear_errors(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        E.parse_args(flags)
+    assert message in capsys.readouterr().err
+
+
+def test_a_test_file_is_subsampled_as_the_d1_family_scripts_do():
+    import numpy as np
+    rows = list(range(500))
+    picked = E.select_examples(rows, 256, seeded=True)
+    np.random.seed(42)  # what their eval scripts do at start, before drawing the subset
+    assert picked == list(np.random.choice(500, 256, replace=False))
+    assert E.select_examples(rows, 5, seeded=False) == [0, 1, 2, 3, 4]
+    assert E.select_examples(rows[:10], 256, seeded=True) == rows[:10]
 
 
 def test_suppress_eos_makes_the_shipped_base_answer_every_puzzle(tmp_path):
@@ -62,4 +79,4 @@ def test_suppress_eos_makes_the_shipped_base_answer_every_puzzle(tmp_path):
     assert sum(c["completion"] == "" for c in completions[False]) >= 16  # the base answers nothing on many
     forced = completions[True]
     assert all(len(c["completion"]) == 16 and set(c["completion"]) <= set("1234") for c in forced)
-    assert all(c["score"] == c["correct_cells"] / c["blank_cells"] for c in forced)
+    assert all(c["reward"] == c["correct"] / c["total"] and c["answered"] == 1.0 for c in forced)

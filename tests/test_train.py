@@ -59,8 +59,8 @@ def test_the_demo_starts_from_the_shipped_base_made_by_the_documented_command():
     # the shipped weights score what the pre-training run recorded (greedy, 256 held-out puzzles) ...
     args, task = T.parse_args([]), R.get_task("sudoku")
     _, test = T.load_examples(task, args)
-    score = T.evaluate(M.load_model(base), M.load_tokenizer(base), task, test, args, torch.device("cpu"))["score"]
-    recorded = state["metrics"]["eval"]["score"]
+    score = T.evaluate(M.load_model(base), M.load_tokenizer(base), task, test, args, torch.device("cpu"), 0, 1)["accuracy"]
+    recorded = state["metrics"]["eval"]["score"]  # written before the scorer was split; the same cell accuracy
     assert score == pytest.approx(recorded, abs=0.02)  # (other CPUs round differently)
     assert 0.2 <= recorded <= 0.7  # ... and the base is partly competent, as the demo needs
 
