@@ -510,7 +510,8 @@ def build_models(args, device, world):
     policy.gradient_checkpointing = args.grad_ckpt
     ref = None
     if args.lora_rank > 0:
-        M.add_lora(policy, args.lora_rank, args.lora_alpha, args.lora_dropout)
+        with seeded_rng(args.seed, where):  # the adapters' initialisation draws from the global RNG
+            M.add_lora(policy, args.lora_rank, args.lora_alpha, args.lora_dropout)
     elif ALGOS.get(args.algo, Algo("", "", False)).uses_ref and args.beta > 0:
         ref = M.load_model(path, device=where, dtype=next(policy.parameters()).dtype, seed=args.seed)
         ref.requires_grad_(False)
@@ -527,6 +528,19 @@ def check_finite(state, source):
     if bad:
         raise UserError(f"the weights in {source} hold NaN or inf values ({len(bad)} tensor(s), e.g. {bad[0]}); "
                         "start from a checkpoint saved before the run diverged")
+
+
+@contextlib.contextmanager
+def seeded_rng(seed, device):
+    """Inside the block, torch's global RNG of the CPU (and of `device` when it is a GPU) starts from
+    `seed`; after it, the state is what it was. For modules that draw from the global RNG (LoRA
+    dropout and initialisation): reproducible without reseeding anything outside the block."""
+    gpus = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus):
+        torch.random.default_generator.manual_seed(seed)
+        if gpus:
+            torch.cuda.manual_seed(seed)  # the current device, set by setup_distributed
+        yield
 
 
 @contextlib.contextmanager
@@ -671,15 +685,18 @@ def eval_steps(gen_length, style):
 # Scores and losses of one micro-batch and one draw.
 
 def policy_scores(model, algo, batch, seed, draw, args, mask_id):
-    """The score the algorithm needs for one draw: (B,) coupled-mask score or (B, L) one-pass log p."""
+    """The score the algorithm needs for one draw: (B,) coupled-mask score or (B, L) one-pass log p.
+    Masks and dropout depend only on (seed, draw), so θ, old and ref are scored on the same ones."""
     prompt_ids, attn, x0 = batch["prompt_ids"], batch["attn"], batch["x0"]
     # LoRA dropout draws the same masks for θ and old on the same seeds, so S_θ = S_old at θ = θ_old
-    torch.manual_seed(seed_for(seed, draw, "dropout"))
-    if algo.score == "one_pass":
-        return L.one_pass_logprobs(model, prompt_ids, x0, mask_id=mask_id, prompt_mask_prob=args.prompt_mask_prob,
-                                   seed=seed_for(seed, draw), attention_mask=attn)
-    masks = L.forward_process(seed, x0.shape[0], x0.shape[1], args.num_mc, x0.device)  # (num_mc, B, L)
-    return L.denoiser_scores(model, prompt_ids, x0, masks[draw], mask_id=mask_id, estimator=algo.score, attention_mask=attn)
+    with seeded_rng(seed_for(seed, draw, "dropout"), x0.device):
+        if algo.score == "one_pass":
+            return L.one_pass_logprobs(model, prompt_ids, x0, mask_id=mask_id, prompt_mask_prob=args.prompt_mask_prob,
+                                       seed=seed_for(seed, draw), attention_mask=attn)
+        # draw k of the seed's forward process; the draws after it are not made
+        mask = L.forward_process(seed, x0.shape[0], x0.shape[1], draw + 1, x0.device)[draw]  # (B, L)
+        return L.denoiser_scores(model, prompt_ids, x0, mask, mask_id=mask_id, estimator=algo.score,
+                                 attention_mask=attn)
 
 
 def algo_loss(name, s, s_old, s_ref, batch, args):
@@ -1182,7 +1199,6 @@ def ensure_tiny_base(args, rank, world, device):
 def run(args, rank, world, device):
     """Train (RL or pre-training) with a resolved config; returns the final metrics."""
     check_world(args, world)
-    torch.manual_seed(args.seed)
     with run_directory(args, rank):
         log0("[config] " + json.dumps(vars(args), sort_keys=True))
         task = R.get_task(args.task)
@@ -1219,7 +1235,6 @@ def run(args, rank, world, device):
             metrics = {"eval": first_eval}
         bad = 0
         for step in range(start + 1, total + 1):
-            torch.manual_seed(seed_for(args.seed, "torch", step, rank))  # dropout etc. reproducible on resume
             metrics = step_fn(step, policy, optimizer, tok, task, train, args, device, rank, world)
             bad = bad + 1 if metrics["skipped_updates"] else 0
             if step % eval_every == 0 or step == total:

@@ -1,8 +1,8 @@
 """train.py loses nothing and hides nothing: a kill at any statement of a checkpoint save or of the
 metrics rewrite leaves the newest complete checkpoint and the whole history; one process per run
 directory; every bad flag, file or data input is one line naming the fix (exit status 2); NaN / inf
-losses and rewards and exploding updates are skipped or undone, never saved as good. Each case was
-first reproduced against the code before the fix.
+losses and rewards and exploding updates are skipped or undone, never saved as good; no global RNG
+state is read or reseeded. Each case was first reproduced against the code before the fix.
 """
 import argparse
 import dataclasses
@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import loss as L
 import model as M
 import train as T
 from conftest import read_metrics
@@ -516,3 +517,50 @@ def test_an_exploding_learning_rate_stops_with_the_last_good_weights_saved(tmp_p
     assert [r["skipped_updates"] for r in read_metrics(out)] == [1, 1]
     before, after = weights_of(BASE), weights_of(T.checkpoint_dir(out))
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+# ----------------------------------------------------------------------------------------------
+# No global RNG state
+
+def lora_batch(B=4, P=5, Lc=6):
+    g = torch.Generator().manual_seed(0)
+    return {"prompt_ids": torch.randint(3, 90, (B, P), generator=g), "attn": torch.ones(B, P, dtype=torch.bool),
+            "x0": torch.randint(3, 90, (B, Lc), generator=g)}
+
+
+def test_policy_scores_take_masks_and_dropout_from_their_seed_and_leave_the_global_rng_alone(monkeypatch):
+    """Before: policy_scores reseeded the global torch RNG before every forward and drew all num_mc
+    mask draws to use one."""
+    model = M.load_model("tiny")
+    M.add_lora(model, 4, 8.0, dropout=0.5)
+    for p in model.parameters():  # non-zero adapters, so dropout changes the scores
+        p.data.add_(0.01)
+    model.train()
+    batch, algo = lora_batch(), T.ALGOS["gdsd"]
+    masks = []
+    real = L.denoiser_scores
+    monkeypatch.setattr(L, "denoiser_scores", lambda m, p, x0, mask, **k: masks.append(mask) or real(m, p, x0, mask, **k))
+    torch.manual_seed(123)
+    rng = torch.random.get_rng_state()
+    args = argparse.Namespace(num_mc=3)
+    a = T.policy_scores(model, algo, batch, 42, 2, args, mask_id=2)
+    assert torch.equal(torch.random.get_rng_state(), rng)  # neither drawn from nor reseeded
+    torch.manual_seed(7)  # another global state changes nothing
+    b = T.policy_scores(model, algo, batch, 42, 2, argparse.Namespace(num_mc=5), mask_id=2)
+    c = T.policy_scores(model, algo, batch, 43, 2, args, mask_id=2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(masks[0], L.forward_process(42, 4, 6, 3)[2]) and torch.equal(masks[1], masks[0])  # draw 2 of the seed
+    with T.seeded_rng(T.seed_for(42, 2, "dropout"), torch.device("cpu")):
+        assert torch.equal(real(model, batch["prompt_ids"], batch["x0"], masks[0], mask_id=2, estimator="logprob",
+                                attention_mask=batch["attn"]), a)
+    model.eval()
+    assert not torch.equal(T.policy_scores(model, algo, batch, 42, 2, args, mask_id=2), a)  # dropout was on
+
+
+def test_a_run_with_lora_dropout_neither_draws_from_nor_reseeds_the_global_rng(tmp_path):
+    """Before: run() and policy_scores called torch.manual_seed (the per-step one was dead code)."""
+    torch.manual_seed(123)
+    rng = torch.random.get_rng_state()
+    T.main(TINY_RUN + ["--lora_rank", "4", "--lora_alpha", "8", "--lora_dropout", "0.1", "--beta", "0.01", "--out", str(tmp_path / "run")])
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert read_metrics(str(tmp_path / "run"))[0]["skipped_updates"] == 0
