@@ -177,7 +177,9 @@ def build_parser():
     g.add_argument("--eval_gen_length", type=int, help="completion length used in evaluation")
     g.add_argument("--eval_block_length", type=int, help="block length used in evaluation")
     g.add_argument("--train_size", type=int, default=20000, help="generated training examples (generator tasks)")
-    g.add_argument("--max_bad_steps", type=int, default=3, help="stop after this many non-finite updates in a row")
+    g.add_argument("--max_bad_steps", type=int, default=3,
+                   help="stop (last good weights saved) after this many steps in a row with skipped updates "
+                        "(a non-finite loss, reward or gradient, or exploding weights)")
     return p
 
 
@@ -1242,8 +1244,8 @@ def run(args, rank, world, device):
             log_step(args, step, metrics, rank)
             if bad >= args.max_bad_steps:
                 save_checkpoint(args, policy, optimizer, step, metrics, first_eval, rank)
-                raise UserError(f"{bad} steps in a row had every update skipped (a non-finite loss, reward or "
-                                f"gradient, or an exploding update); stopping, with the last good weights saved in "
+                raise UserError(f"{bad} steps in a row skipped updates (a non-finite loss, reward or gradient, "
+                                f"or an exploding update); stopping, with the last good weights saved in "
                                 f"{checkpoint_dir(args.out)}. Lower --lr or --psi, or check the data.")
             if step % args.save_every == 0 or step == total:
                 save_checkpoint(args, policy, optimizer, step, metrics, first_eval, rank)
