@@ -17,6 +17,7 @@ Prints one table (task × gen length) and writes a JSON with the numbers, the co
 completion. Under torchrun the test set is sharded over ranks (each rank holds the whole model).
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -26,6 +27,7 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 
 import model as M
 import reward as R
@@ -39,6 +41,34 @@ HUB_NAMES = {
 # Canvas lengths of the tiny model's compact answers (gen_length, diffusion steps).
 TINY_TASK_LENGTHS = {"sudoku": (16, 16), "countdown": (16, 16)}
 OFFICIAL_SUBSET_SEED = 42  # the d1-family eval scripts seed numpy with 42, then draw the test subset
+
+
+# ----------------------------------------------------------------------------------------------
+# User errors: a flag, a file or the data the user can fix is one line and exit status 2; anything
+# else is a bug and keeps its traceback.
+
+class UserError(Exception):
+    """A problem with the command line, a file or the data, stated with what to do about it."""
+
+
+def cli(main, argv=None):
+    """Run a script's `main(argv)`, printing a UserError as one `error: ...` line (exit status 2)."""
+    try:
+        return main(argv)
+    except UserError as e:
+        print("error: " + " ".join(str(e).split("\n")), file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+@contextlib.contextmanager
+def reading(what, fix="", also=()):
+    """The errors of reading a user's file (absent, truncated, damaged, not UTF-8, not JSON, not
+    safetensors; `also`: further exception types of the reader) become a UserError naming it."""
+    try:
+        yield
+    except (OSError, ValueError, EOFError, SafetensorError) + tuple(also) as e:
+        reason = str(e).strip().split("\n")[0] or type(e).__name__
+        raise UserError(f"cannot read {what}: {reason}" + (f"; {fix}" if fix else "")) from e
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,9 +113,10 @@ def resolve_model_path(name):
         repo, local = HUB_NAMES[name]
         if os.path.isdir(local):
             return local
-        sys.exit(f"error: --model {name} expects the hub checkpoint {repo} in ./{local} (no weights are downloaded at run time). "
-                 f"Fetch it once, e.g. `huggingface-cli download {repo} --local-dir {local}`, or pass --model DIR.")
-    sys.exit(f"error: --model {name!r} is neither 'tiny', one of {sorted(HUB_NAMES)}, nor an existing directory")
+        raise UserError(f"--model {name} expects the hub checkpoint {repo} in ./{local} (no weights are downloaded "
+                        f"at run time). Fetch it once, e.g. `huggingface-cli download {repo} --local-dir {local}`, "
+                        "or pass --model DIR.")
+    raise UserError(f"--model {name!r} is neither 'tiny', one of {sorted(HUB_NAMES)}, nor an existing directory")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,4 +307,4 @@ def print_table(task, results):
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

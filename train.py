@@ -19,10 +19,12 @@ process on the same global batch.
 import argparse
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import sys
@@ -30,6 +32,7 @@ import time
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import eval as E
@@ -37,6 +40,7 @@ import loss as L
 import model as M
 import reward as R
 import sample as S
+from eval import UserError, cli, reading  # one place for user errors, shared with eval.py
 
 # ----------------------------------------------------------------------------------------------
 # Algorithms: which denoiser score each one regresses or ratios, and which loss consumes it.
@@ -73,14 +77,14 @@ TINY_DEFAULTS = dict(
     block_length=None, temperature=1.0, max_prompt_len=64,
     group_size=8, prompts_per_step=32, rollout_batch=64, mu=4, num_mc=1, beta=0.0, psi=1.0,
     eps=4e-4, clip_eps=0.2, lr=1e-4, warmup=0, weight_decay=0.0, grad_clip=1.0,
-    lora_rank=0, lora_alpha=0, lora_dropout=0.0, steps=30, eval_every=10, n_eval=256,
+    lora_rank=0, lora_alpha=None, lora_dropout=0.0, steps=30, eval_every=10, n_eval=256,
     save_every=10, grad_ckpt=False, eval_block_length=None,
     # the demo's base (bases/tiny-sudoku): solves most puzzles it answers, leaves many unanswered
     pretrain_steps=600, pretrain_batch=64, pretrain_lr=1e-3, pretrain_no_answer=0.45,
 )
 
 
-def parse_args(argv=None):
+def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # --- what to train
     g = p.add_argument_group("task and model")
@@ -129,7 +133,7 @@ def parse_args(argv=None):
     g.add_argument("--adam_betas", type=float, nargs=2, default=(0.9, 0.99), help="AdamW betas")
     g.add_argument("--grad_clip", type=float, help="global gradient-norm clip")
     g.add_argument("--lora_rank", type=int, help="LoRA rank (0 = full fine-tuning)")
-    g.add_argument("--lora_alpha", type=float, help="LoRA alpha")
+    g.add_argument("--lora_alpha", type=float, help="LoRA alpha (the tiny model has no default)")
     g.add_argument("--lora_dropout", type=float, help="LoRA dropout")
     g.add_argument("--grad_ckpt", type=int, choices=[0, 1], help="activation checkpointing per block")
     g.add_argument("--pretrain_steps", type=int, help="pretrain: optimizer steps")
@@ -139,7 +143,10 @@ def parse_args(argv=None):
     # --- run bookkeeping
     g = p.add_argument_group("run")
     g.add_argument("--out", default=None, help="run directory (default: runs/TASK-MODEL-ALGO)")
-    g.add_argument("--resume", default=None, help="run directory to resume from its checkpoint")
+    g.add_argument("--resume", default=None,
+                   help="run directory to resume from its newest complete checkpoint (no other flag but --steps)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that already holds a run, deleting its checkpoints and metrics")
     g.add_argument("--seed", type=int, default=0, help="seed of every random choice (prompts, rollouts, masks)")
     g.add_argument("--save_every", type=int, help="checkpoint every N steps (and at the end)")
     g.add_argument("--eval_every", type=int, help="held-out evaluation every N steps (0 = only at the start and the end)")
@@ -147,63 +154,221 @@ def parse_args(argv=None):
     g.add_argument("--eval_gen_length", type=int, help="completion length used in evaluation")
     g.add_argument("--eval_block_length", type=int, help="block length used in evaluation")
     g.add_argument("--train_size", type=int, default=20000, help="generated training examples (generator tasks)")
-    g.add_argument("--max_bad_steps", type=int, default=3, help="stop after this many non-finite updates in a row")
-    args = p.parse_args(argv)
-    return resolve_defaults(args)
+    g.add_argument("--max_bad_steps", type=int, default=3,
+                   help="stop (last good weights saved) after this many steps in a row with skipped updates "
+                        "(a non-finite loss, reward or gradient, or exploding weights)")
+    return p
 
 
-def resolve_defaults(args):
-    """Fill unset flags from the hub or tiny table, then check the batch geometry."""
+def parse_args(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    return resolve_defaults(args, given_flags(argv))
+
+
+def given_flags(argv):
+    """Names of the flags written on the command line (a second parse with every default suppressed)."""
+    p = build_parser()
+    for action in p._actions:  # (argparse has no public way to tell a default from a given value)
+        action.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
+def resolve_defaults(args, given=frozenset()):
+    """Fill unset flags from the hub or tiny table, unset the flags this run does not read (an error
+    if they were given), then check every value. `given`: the flags written on the command line."""
+    if args.resume is not None:
+        return resume_config(args, given)
     if args.task not in R.TASKS:
-        sys.exit(f"error: unknown task {args.task!r}; known tasks: {sorted(R.TASKS)}")
-    if args.resume:  # a resumed run takes its saved configuration; only --steps may be extended
-        state = os.path.join(checkpoint_dir(args.resume), "state.json")
-        if not os.path.isfile(state):
-            sys.exit(f"error: cannot resume: {state} is missing (the run never wrote a complete checkpoint); start it again without --resume")
-        saved = json.load(open(state))["config"]
-        run_dir, steps = args.resume, args.steps
-        args = argparse.Namespace(**saved)
-        args.out, args.resume, args.steps = run_dir, True, steps or saved["steps"]
-        return args
-    if args.algo in ("wd1", "spg") and args.beta:
-        sys.exit(f"error: {args.algo} has no KL term (its loss ignores β); drop --beta or choose another --algo")
-    if args.pretrain_no_answer is not None and not 0 <= args.pretrain_no_answer < 1:
-        sys.exit(f"error: --pretrain_no_answer must be in [0, 1), got {args.pretrain_no_answer}")
+        raise UserError(f"unknown task {args.task!r}; known tasks: {sorted(R.TASKS)}")
     tiny = is_tiny(args.model)
     if args.algo == "pretrain" and not tiny:
-        sys.exit("error: --algo pretrain trains the built-in tiny model only; hub models start from their instruct weights")
+        raise UserError("--algo pretrain trains the built-in tiny model only; "
+                        "hub models start from their instruct weights")
     table = TINY_DEFAULTS if tiny else HUB_DEFAULTS
-    if not tiny and args.remasking == "entropy" and args.block_length is None:
-        args.block_length = args.gen_length or table["gen_length"]  # Dream's order: the whole completion at once
-    for k, v in table.items():
-        if getattr(args, k, None) is None:
-            setattr(args, k, v)
+    if not tiny and args.remasking == "entropy":  # Dream's order: the whole completion at once
+        fill(args, block_length=table["gen_length"] if args.gen_length is None else args.gen_length)
+    fill(args, **table)
     if tiny:
         if args.task not in E.TINY_TASK_LENGTHS:
-            sys.exit(f"error: the tiny model has no compact format for task {args.task!r}; use one of {sorted(E.TINY_TASK_LENGTHS)} or a hub model")
+            raise UserError(f"the tiny model has no compact format for task {args.task!r}; "
+                            f"use one of {sorted(E.TINY_TASK_LENGTHS)} or a hub model")
         gen, steps = E.TINY_TASK_LENGTHS[args.task]
-        args.gen_length = args.gen_length or gen
-        args.diffusion_steps = args.diffusion_steps or steps
-        args.block_length = args.block_length or args.gen_length
-        args.eval_gen_length = args.eval_gen_length or args.gen_length
-        args.eval_block_length = args.eval_block_length or args.block_length
+        fill(args, gen_length=gen, diffusion_steps=steps)
+        fill(args, block_length=args.gen_length, eval_gen_length=args.gen_length)
+        fill(args, eval_block_length=args.block_length)
         if args.model == "tiny" and args.algo != "pretrain":
             shipped = os.path.join(ROOT, "bases", f"tiny-{args.task}")
-            args.init = args.init or (shipped if os.path.isfile(os.path.join(shipped, "model.safetensors"))
-                                      else checkpoint_dir(tiny_base_run(args.task)))
-    if args.algo in ("wd1", "spg"):
-        args.beta = 0.0
+            fill(args, init=shipped if os.path.isfile(os.path.join(shipped, "model.safetensors"))
+                 else checkpoint_dir(tiny_base_run(args.task)))
     args.grad_ckpt = bool(args.grad_ckpt)
-    args.out = args.out or f"runs/{args.task}-{os.path.basename(str(args.model).rstrip('/'))}-{args.algo}"
+    fill(args, out=f"runs/{args.task}-{os.path.basename(str(args.model).rstrip('/'))}-{args.algo}")
+    unread = unread_flags(args)
+    wrong = sorted(given & set(unread))
+    if wrong:
+        raise UserError(f"--{wrong[0]} is not read by this run: {unread[wrong[0]]}")
+    for flag in unread:
+        setattr(args, flag, None)
+    check_values(args)
+    return args
+
+
+def fill(args, **defaults):
+    """Set each flag that is still unset (`is None`: `or` would also replace a given 0)."""
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+
+
+# Loss flags and the algorithms that read them. β is read by the algorithms with a reference term
+# (`Algo.uses_ref`), num_mc by those scoring coupled masks, prompt_mask_prob by the one-pass ones.
+LOSS_FLAGS = {"psi": ("gdsd", "gdsd-tlc", "gdsd-official", "gdsd-tlc-official"),
+              "eps": ("gdsd-official", "gdsd-tlc-official"),
+              "clip_eps": ("espo", "d1"),
+              **{f: ("spg",) for f in ("spg_num_t", "spg_masking", "spg_eubo_beta", "spg_mix_weight")}}
+RL_FLAGS = ("psi", "beta", "eps", "clip_eps", "num_mc", "prompt_mask_prob", "mu",
+            "steps", "lr", "warmup", "group_size", "prompts_per_step", "temperature", "diffusion_steps",
+            "spg_num_t", "spg_masking", "spg_eubo_beta", "spg_mix_weight")
+PRETRAIN_FLAGS = ("pretrain_steps", "pretrain_batch", "pretrain_lr", "pretrain_no_answer")
+
+
+def unread_flags(args):
+    """{flag: why, and what to do} for every flag this configuration never reads. They are unset
+    (None) in its config, so the printed and saved config shows what the run uses."""
+    why = {}
+    if args.algo == "pretrain":
+        counterpart = {"steps": " (its length is --pretrain_steps)", "lr": " (its rate is --pretrain_lr)"}
+        for f in RL_FLAGS:
+            why[f] = f"--algo pretrain reads the --pretrain_* flags, not the RL ones{counterpart.get(f, '')}; drop it"
+    else:
+        readers = dict(LOSS_FLAGS, beta=[a for a, x in ALGOS.items() if x.uses_ref],
+                       num_mc=[a for a, x in ALGOS.items() if x.score not in ("one_pass", "spg")],
+                       prompt_mask_prob=[a for a, x in ALGOS.items() if x.score in ("one_pass", "spg")])
+        for f, algos in readers.items():
+            if args.algo not in algos:
+                why[f] = f"--algo {args.algo} does not use it (only {', '.join(algos)} do); drop it"
+        if args.init != checkpoint_dir(tiny_base_run(args.task)):  # no base pre-trained on the fly
+            for f in PRETRAIN_FLAGS:
+                why[f] = (f"this RL run starts from {args.init or args.model} and pre-trains nothing; to start "
+                          "from another base, pre-train it first (--algo pretrain --out DIR) and pass "
+                          "--init DIR/checkpoint")
+    if args.init is not None and args.model != "tiny":
+        why["init"] = f"RL on --model {args.model} starts from that checkpoint itself; drop --init"
+    if args.lora_rank == 0:
+        why["lora_alpha"] = why["lora_dropout"] = ("it shapes LoRA adapters and --lora_rank is 0 (full fine-tuning); "
+                                                   "drop it or set --lora_rank")
+    return why
+
+
+def at_least(n, note=""):
+    return lambda v: v >= n, f">= {n}{note}"
+
+
+def between(low, high, closed="[]", note=""):
+    ok = {"[]": lambda v: low <= v <= high, "[)": lambda v: low <= v < high,
+          "(]": lambda v: low < v <= high, "()": lambda v: low < v < high}[closed]
+    return ok, f"in {closed[0]}{low}, {high}{closed[1]}{note}"
+
+
+# The accepted values of every numeric flag (float flags must also be finite).
+RANGES = {
+    "psi": (lambda v: v > 0, "> 0"), "beta": between(0, 1), "eps": between(0, 1, "()"),
+    "clip_eps": between(0, 1, "()"), "num_mc": at_least(1), "mu": at_least(1), "prompt_mask_prob": between(0, 1, "[)"),
+    "gen_length": at_least(1), "block_length": at_least(1), "diffusion_steps": at_least(1),
+    "temperature": at_least(0, " (0 = greedy)"),
+    "group_size": at_least(2, " (advantages compare the completions of one prompt)"),
+    "prompts_per_step": at_least(1), "rollout_batch": at_least(1), "max_prompt_len": at_least(1),
+    "steps": at_least(1), "lr": between(0, 1, "(]"), "warmup": at_least(0), "weight_decay": at_least(0),
+    "adam_betas": (lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    "grad_clip": (lambda v: v > 0, "> 0 (a bound on the gradient norm; a negative one reverses the gradient)"),
+    "lora_rank": at_least(0, " (0 = full fine-tuning)"), "lora_alpha": (lambda v: v > 0, "> 0"),
+    "lora_dropout": between(0, 1, "[)"), "pretrain_steps": at_least(1), "pretrain_batch": at_least(1),
+    "pretrain_lr": between(0, 1, "(]"), "pretrain_no_answer": between(0, 1, "[)"),
+    "seed": (lambda v: 0 <= v < 2 ** 63, "in [0, 2**63)"), "save_every": at_least(1),
+    "eval_every": at_least(0, " (0 = only at the start and the end)"), "n_eval": at_least(1),
+    "eval_gen_length": at_least(1), "eval_block_length": at_least(1), "train_size": at_least(1),
+    "max_bad_steps": at_least(1), "spg_num_t": at_least(1), "spg_eubo_beta": (lambda v: v > 0, "> 0"),
+    "spg_mix_weight": between(0, 1),
+}
+MAX_GENERATED = 10 ** 6  # examples a task generator makes at start; more would take hours
+
+
+def check_values(args):
+    """Every flag in its range, the block and batch geometry consistent, the named paths usable."""
+    for flag, (ok, want) in RANGES.items():
+        value = getattr(args, flag)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if value is not None and not (all(math.isfinite(v) for v in values) and ok(value)):
+            raise UserError(f"--{flag} {' '.join(map(str, values))} is out of range: it must be {want}")
+    if args.lora_rank > 0 and args.lora_alpha is None:
+        raise UserError("--lora_rank needs --lora_alpha with the tiny model (it has no default); "
+                        "e.g. --lora_alpha twice the rank")
+    for gen, block, steps, which in ((args.gen_length, args.block_length, args.diffusion_steps, ""),
+                                     (args.eval_gen_length, args.eval_block_length, None, "eval_")):
+        if gen % block:
+            raise UserError(f"--{which}gen_length {gen} is not a multiple of --{which}block_length {block}; "
+                            f"use a block length that divides it (equal to it: one block)")
+        if steps is not None and steps % (gen // block):
+            raise UserError(f"--diffusion_steps {steps} is not a multiple of the number of blocks "
+                            f"(gen_length / block_length = {gen // block}): every block takes the same number of steps")
     if args.algo != "pretrain":
         G, B = args.group_size, args.rollout_batch
-        if G < 2:
-            sys.exit("error: --group_size must be at least 2 (advantages compare completions of one prompt)")
         if B % G:
-            sys.exit(f"error: --rollout_batch {B} is not a multiple of --group_size {G}: a chunk must hold whole prompt groups")
+            raise UserError(f"--rollout_batch {B} is not a multiple of --group_size {G}: "
+                            "a chunk must hold whole prompt groups")
         if (args.prompts_per_step * G) % B:
-            sys.exit(f"error: prompts_per_step × group_size = {args.prompts_per_step * G} completions do not split into chunks of --rollout_batch {B}")
-    return args
+            raise UserError(f"prompts_per_step × group_size = {args.prompts_per_step * G} completions do not split "
+                            f"into chunks of --rollout_batch {B}")
+    for flag, file_flag in (("train_size", "data"), ("n_eval", "eval_data")):
+        if getattr(args, file_flag) is None and getattr(args, flag) > MAX_GENERATED:
+            raise UserError(f"--{flag} {getattr(args, flag)} asks the {args.task} generator for more than "
+                            f"{MAX_GENERATED} examples, which takes hours; use fewer, or a file (--{file_flag})")
+    for flag in ("data", "eval_data"):
+        path = getattr(args, flag)
+        if path is not None and not os.path.isfile(path):
+            raise UserError(f"--{flag} {path} is not a file; pass the path of a local copy in the task's format "
+                            "(README: 'Tasks and data')")
+    on_the_fly = checkpoint_dir(tiny_base_run(args.task))
+    if args.init not in (None, on_the_fly) and not os.path.isfile(os.path.join(args.init, "config.json")):
+        raise UserError(f"--init {args.init} has no config.json; pass a checkpoint directory written by train.py, "
+                        "or omit --init to pre-train one")
+    if args.model != "tiny":
+        E.resolve_model_path(args.model)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is a file, not a run directory; choose another --out")
+
+
+def resume_config(args, given):
+    """The configuration saved with the newest complete checkpoint of the run to resume, with --steps
+    extended when given; any other flag would be ignored, so it is an error."""
+    run_dir = args.resume
+    extra = sorted(given - {"resume", "steps"})
+    if extra:
+        raise UserError(f"--resume continues {run_dir} with the configuration saved in its checkpoint and takes "
+                        f"no flag but --steps (got {', '.join('--' + f for f in extra)}); to change them, start a "
+                        "new run (another --out)")
+    ckpt = newest_checkpoint(run_dir)
+    if ckpt is None:
+        raise UserError(f"cannot resume {run_dir}: it holds no complete checkpoint (a checkpoint directory with "
+                        f"its {MARKER} file); start the run again without --resume (add --overwrite to replace "
+                        "what is there)")
+    state = read_state(ckpt)
+    resumed = argparse.Namespace(**state["config"])
+    resumed.out, resumed.resume = run_dir, True
+    done = state["step"]
+    total = resumed.pretrain_steps if resumed.algo == "pretrain" else resumed.steps
+    if args.steps is not None:
+        if resumed.algo == "pretrain":
+            raise UserError("--steps counts RL steps; a pre-training run cannot be extended "
+                            "(its learning rate decays over --pretrain_steps)")
+        if args.steps <= done:
+            raise UserError(f"--steps {args.steps} does not extend {run_dir}: its checkpoint is at step {done}; "
+                            "pass a larger --steps")
+        resumed.steps = args.steps
+    elif done >= total:
+        raise UserError(f"{run_dir} has finished ({done} of {total} steps); to continue it, pass --steps N "
+                        f"with N > {done}")
+    return resumed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,11 +376,30 @@ def resolve_defaults(args):
 
 def is_tiny(model):
     """`tiny`, or a checkpoint directory of the tiny character-vocabulary model (marked in its config.json)."""
-    config = os.path.join(str(model), "config.json")
-    if model == "tiny" or not os.path.isfile(config):
+    if model == "tiny" or not os.path.isdir(str(model)):
         return model == "tiny"
-    with open(config) as f:
-        return M.config_from_hub(json.load(f)).char_tokenizer
+    return read_model_config(model).char_tokenizer
+
+
+def read_model_config(path):
+    """The ModelConfig of a checkpoint directory's config.json; a UserError says what in it is wrong."""
+    file = os.path.join(path, "config.json")
+    fix = "a checkpoint directory needs the hub's config.json (or the one train.py wrote)"
+    with reading(file, fix):
+        with open(file, encoding="utf-8") as f:
+            hub = json.load(f)
+        if not isinstance(hub, dict):
+            raise ValueError(f"it holds a JSON {type(hub).__name__}, not an object of model settings")
+        try:
+            cfg = M.config_from_hub(hub)
+        except (KeyError, TypeError) as e:  # a missing field, or one of the wrong type met by arithmetic
+            raise ValueError(f"a field is missing or of the wrong type ({type(e).__name__}: {e})") from e
+    kinds = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
+    for field in dataclasses.fields(cfg):
+        value, want = getattr(cfg, field.name), kinds.get(field.type)
+        if want and (not isinstance(value, want) or (isinstance(value, bool) and field.type is not bool)):
+            raise UserError(f"{file}: {field.name} = {value!r} is not of type {field.type.__name__}; {fix}")
+    return cfg
 
 
 def check_world(args, world):
@@ -225,7 +409,8 @@ def check_world(args, world):
     else:
         units, what = args.prompts_per_step * args.group_size // args.rollout_batch, "the number of chunks (prompts_per_step × group_size / rollout_batch)"
     if units % world:
-        sys.exit(f"error: {what} = {units} does not split over {world} processes; choose values so that it is a multiple of the process count")
+        raise UserError(f"{what} = {units} does not split over {world} processes; "
+                        "choose values so that it is a multiple of the process count")
 
 
 def seed_for(*parts):
@@ -252,19 +437,47 @@ def build_models(args, device, world):
     LoRA runs use the base weights with adapters switched off as the reference (no copy); full
     fine-tuning keeps a frozen copy of the initial weights."""
     path = args.init if (args.model == "tiny" and args.init) else E.resolve_model_path(args.model)
-    policy = M.load_model(path, device=device if world == 1 else "cpu", dtype=torch.float32 if device.type == "cpu" else torch.bfloat16, seed=args.seed)
+    where = device if world == 1 else torch.device("cpu")
+    if path != "tiny":
+        read_model_config(path)  # a clear message for a broken config.json before the weights are read
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    with reading(f"the weights in {path}", "copy or download the checkpoint again"):
+        policy = M.load_model(path, device=where, dtype=dtype, seed=args.seed)
+    check_finite(policy.state_dict(), path)
     policy.gradient_checkpointing = args.grad_ckpt
     ref = None
     if args.lora_rank > 0:
-        M.add_lora(policy, args.lora_rank, args.lora_alpha, args.lora_dropout)
+        with seeded_rng(args.seed, where):  # the adapters' initialisation draws from the global RNG
+            M.add_lora(policy, args.lora_rank, args.lora_alpha, args.lora_dropout)
     elif ALGOS.get(args.algo, Algo("", "", False)).uses_ref and args.beta > 0:
-        ref = M.load_model(path, device=device if world == 1 else "cpu", dtype=next(policy.parameters()).dtype, seed=args.seed)
+        ref = M.load_model(path, device=where, dtype=next(policy.parameters()).dtype, seed=args.seed)
         ref.requires_grad_(False)
     if world > 1:
         shard(policy, device)
         if ref is not None:
             shard(ref, device)
     return policy, ref, path
+
+
+def check_finite(state, source):
+    """Loaded weights must be finite: a NaN or inf would silently poison every update."""
+    bad = [name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise UserError(f"the weights in {source} hold NaN or inf values ({len(bad)} tensor(s), e.g. {bad[0]}); "
+                        "start from a checkpoint saved before the run diverged")
+
+
+@contextlib.contextmanager
+def seeded_rng(seed, device):
+    """Inside the block, torch's global RNG of the CPU (and of `device` when it is a GPU) starts from
+    `seed`; after it, the state is what it was. For modules that draw from the global RNG (LoRA
+    dropout and initialisation): reproducible without reseeding anything outside the block."""
+    gpus = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus):
+        torch.random.default_generator.manual_seed(seed)
+        if gpus:
+            torch.cuda.manual_seed(seed)  # the current device, set by setup_distributed
+        yield
 
 
 @contextlib.contextmanager
@@ -336,20 +549,23 @@ def evaluate(policy, tok, task, examples, args, device, rank, world):
 # Scores and losses of one micro-batch and one draw.
 
 def policy_scores(model, algo, batch, seed, draw, args, mask_id):
-    """The score the algorithm needs for one draw: (B,) coupled-mask score, (B, L) one-pass log p, or SPG's bounds."""
+    """The score the algorithm needs for one draw: (B,) coupled-mask score, (B, L) one-pass log p, or SPG's bounds.
+    Masks and dropout depend only on (seed, draw), so θ, old and ref are scored on the same ones."""
     prompt_ids, attn, x0 = batch["prompt_ids"], batch["attn"], batch["x0"]
     # LoRA dropout draws the same masks for θ and old on the same seeds, so S_θ = S_old at θ = θ_old
-    torch.manual_seed(seed_for(seed, draw, "dropout"))
-    if algo.score == "one_pass":
-        return L.one_pass_logprobs(model, prompt_ids, x0, mask_id=mask_id, prompt_mask_prob=args.prompt_mask_prob,
-                                   seed=seed_for(seed, draw), attention_mask=attn)
-    if algo.score == "spg":  # all num_t draws in one call: (ELBO (B,), EUBO (B,))
-        block = args.block_length if args.spg_masking == "block" else None
-        return L.spg_scores(model, prompt_ids, x0, batch["token_mask"].sum(-1), mask_id=mask_id, seed=seed,
-                            num_t=args.spg_num_t, block_length=block, eubo_beta=args.spg_eubo_beta,
-                            prompt_mask_prob=args.prompt_mask_prob, attention_mask=attn)
-    masks = L.forward_process(seed, x0.shape[0], x0.shape[1], args.num_mc, x0.device)  # (num_mc, B, L)
-    return L.denoiser_scores(model, prompt_ids, x0, masks[draw], mask_id=mask_id, estimator=algo.score, attention_mask=attn)
+    with seeded_rng(seed_for(seed, draw, "dropout"), x0.device):
+        if algo.score == "one_pass":
+            return L.one_pass_logprobs(model, prompt_ids, x0, mask_id=mask_id, prompt_mask_prob=args.prompt_mask_prob,
+                                       seed=seed_for(seed, draw), attention_mask=attn)
+        if algo.score == "spg":  # all num_t draws in one call: (ELBO (B,), EUBO (B,))
+            block = args.block_length if args.spg_masking == "block" else None
+            return L.spg_scores(model, prompt_ids, x0, batch["token_mask"].sum(-1), mask_id=mask_id, seed=seed,
+                                num_t=args.spg_num_t, block_length=block, eubo_beta=args.spg_eubo_beta,
+                                prompt_mask_prob=args.prompt_mask_prob, attention_mask=attn)
+        # draw k of the seed's forward process; the draws after it are not made
+        mask = L.forward_process(seed, x0.shape[0], x0.shape[1], draw + 1, x0.device)[draw]  # (B, L)
+        return L.denoiser_scores(model, prompt_ids, x0, mask, mask_id=mask_id, estimator=algo.score,
+                                 attention_mask=attn)
 
 
 def algo_loss(name, s, s_old, s_ref, batch, args):
@@ -371,10 +587,92 @@ def algo_loss(name, s, s_old, s_ref, batch, args):
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints: hub-layout weights + JSON state + optimizer / RNG state, written atomically.
+# Checkpoints: hub-layout weights + optimizer state + JSON state, whole after a kill at any instant.
+#
+# A save writes OUT/checkpoint.tmp completely, then its COMPLETE marker, then rotates: checkpoint ->
+# checkpoint.old, checkpoint.tmp -> checkpoint, delete checkpoint.old. A directory is deleted marker
+# first, so a half-deleted one never looks complete. Resume finishes a rotation a kill interrupted,
+# from the newest complete checkpoint of the three names.
+
+MARKER = "COMPLETE"
+RUN_FILES = ("metrics.jsonl", "metrics.jsonl.tmp", "checkpoint", "checkpoint.tmp", "checkpoint.old")
+LOCK_FILE = ".lock"
+RESTART = "restore it from a copy, or start the run again without --resume"
+
 
 def checkpoint_dir(out):
     return os.path.join(out, "checkpoint")
+
+
+def checkpoint_names(out):
+    """The names of a checkpoint during a rotation: current, being written, previous."""
+    final = checkpoint_dir(out)
+    return final, final + ".tmp", final + ".old"
+
+
+def is_complete(path):
+    return os.path.isfile(os.path.join(path, MARKER))
+
+
+def discard(path):
+    """Delete a checkpoint directory, its marker first, or a file; nothing if absent."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        if os.path.lexists(os.path.join(path, MARKER)):
+            os.remove(os.path.join(path, MARKER))
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
+
+
+def fsync(path):
+    """Flush a file, or a directory's entries, to disk: a power cut must not reorder the rotation."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_of(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_state(ckpt):
+    """A checkpoint's state.json: step, config, metrics, first_eval and the sha256 of its other files."""
+    path = os.path.join(ckpt, "state.json")
+    with reading(path, RESTART):
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+    if not (isinstance(state, dict) and isinstance(state.get("step"), int) and isinstance(state.get("config"), dict)):
+        raise UserError(f"{path} lacks its step or config (it was edited or damaged); {RESTART}")
+    return state
+
+
+def newest_checkpoint(out):
+    """The complete checkpoint of the highest step among the rotation's names (a tie: the current one), or None."""
+    complete = [p for p in checkpoint_names(out) if is_complete(p)]
+    return max(complete, key=lambda p: read_state(p)["step"], default=None)
+
+
+def finish_rotation(out):
+    """Bring a rotation to its end from wherever a kill stopped it: the newest complete checkpoint
+    becomes OUT/checkpoint and the other names are deleted. A kill inside leaves it newest and complete."""
+    final, tmp, old = checkpoint_names(out)
+    newest = newest_checkpoint(out)
+    if newest == tmp and os.path.isdir(final):
+        discard(old)
+        os.replace(final, old)  # the previous checkpoint lives on until the new one has its name
+    if newest == old:
+        discard(final)  # incomplete, or older
+    if newest not in (None, final):
+        os.replace(newest, final)
+    discard(tmp)
+    discard(old)
+    fsync(out)
 
 
 def full_cpu_copy(policy, args):
@@ -394,8 +692,8 @@ def full_cpu_copy(policy, args):
 def save_checkpoint(args, policy, optimizer, step, metrics, first_eval, rank):
     """Write `out/checkpoint/`: hub-layout weights (LoRA merged, so they load anywhere), the
     adapters alone (a resumed run keeps the base as its reference), optimizer state and a JSON of
-    step / config / metrics. Gathered on all ranks, written on rank 0 to a temporary directory and
-    renamed into place, so a crash mid-write never destroys the previous checkpoint.
+    step / config / metrics / the sha256 of every other file (verified on resume). Gathered on all
+    ranks, written on rank 0 by the rotation above.
 
     No RNG state is stored: every random draw of step s (prompts, rollouts, masks, dropout) comes
     from generators seeded by (seed, s, ...), so a resumed run redraws exactly what it would have."""
@@ -406,51 +704,105 @@ def save_checkpoint(args, policy, optimizer, step, metrics, first_eval, rank):
     else:
         model_copy, optim_state = policy, optimizer.state_dict()
     if rank == 0:
-        final = checkpoint_dir(args.out)
-        tmp, old = final + ".tmp", final + ".old"
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = checkpoint_names(args.out)[1]
+        discard(tmp)  # a killed save's leftover (resume has already promoted it if it was complete)
         M.save_model(model_copy, tmp)
         if args.lora_rank > 0:
             save_file(M.lora_state_dict(model_copy), os.path.join(tmp, "lora.safetensors"))
         torch.save({"optimizer": optim_state}, os.path.join(tmp, "trainer.pt"))
-        with open(os.path.join(tmp, "state.json"), "w") as f:
-            json.dump({"step": step, "config": vars(args), "metrics": metrics, "first_eval": first_eval}, f, indent=1)
-        if os.path.isdir(final):
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        sha256 = {name: sha256_of(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
+        state = {"step": step, "config": vars(args), "metrics": metrics, "first_eval": first_eval, "sha256": sha256}
+        with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as f:
+            json.dump(finite_or_null(state), f, indent=1, allow_nan=False)
+        for name in os.listdir(tmp):
+            fsync(os.path.join(tmp, name))
+        open(os.path.join(tmp, MARKER), "w").close()  # written last: everything above is on disk
+        fsync(tmp)
+        finish_rotation(args.out)
     if dist.is_initialized():
         dist.barrier()
 
 
 def restore_checkpoint(args, policy, optimizer, device):
-    """Load weights (or adapters) and optimizer state of `out/checkpoint/`; return its state.json."""
+    """Load weights (or adapters) and optimizer state of `out/checkpoint/`, each file checked against
+    the sha256 its state.json recorded; return that state."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
     ckpt = checkpoint_dir(args.out)
-    for f in ("state.json", "trainer.pt"):
-        if not os.path.isfile(os.path.join(ckpt, f)):
-            sys.exit(f"error: cannot resume: {os.path.join(ckpt, f)} is missing (the run never wrote a complete checkpoint); start it again without --resume")
-    if args.lora_rank > 0:
-        weights = {k: v for k, v in load_file(os.path.join(ckpt, "lora.safetensors")).items()}
-    else:
-        weights = M.load_model(ckpt, device="cpu", dtype=torch.float32).state_dict()
+    state = read_state(ckpt)
+    for name, digest in state.get("sha256", {}).items():
+        path = os.path.join(ckpt, name)
+        if not os.path.isfile(path) or sha256_of(path) != digest:
+            what = ("not the file that was saved (its sha256 differs from the one in state.json)"
+                    if os.path.isfile(path) else "missing")
+            raise UserError(f"{path} is {what}: it was changed or damaged after the save; {RESTART}")
+    with reading(f"the weights in {ckpt}", RESTART):
+        if args.lora_rank > 0:
+            weights = load_file(os.path.join(ckpt, "lora.safetensors"))
+        else:
+            weights = M.load_model(ckpt, device="cpu", dtype=torch.float32).state_dict()
+    check_finite(weights, ckpt)
     opts = StateDictOptions(full_state_dict=True, strict=args.lora_rank == 0)
     set_model_state_dict(policy, weights, options=opts)
-    optim_state = torch.load(os.path.join(ckpt, "trainer.pt"), map_location="cpu", weights_only=False)["optimizer"]
+    with reading(os.path.join(ckpt, "trainer.pt"), RESTART, also=(RuntimeError, pickle.UnpicklingError)):
+        optim_state = torch.load(os.path.join(ckpt, "trainer.pt"), map_location="cpu", weights_only=False)["optimizer"]
     if dist.is_initialized():
         set_optimizer_state_dict(policy, optimizer, optim_state, options=StateDictOptions(full_state_dict=True))
     else:
         optimizer.load_state_dict(optim_state)
-    return json.load(open(os.path.join(ckpt, "state.json")))
+    return state
+
+
+@contextlib.contextmanager
+def run_directory(args, rank):
+    """Own `out` for the whole run: an exclusive lock (released by the OS even on kill -9), then a
+    fresh start refuses a directory holding a run unless --overwrite, and a resume first finishes
+    any rotation a kill interrupted. The files are handled on rank 0; every rank waits for it."""
+    lock = None
+    if rank == 0:
+        os.makedirs(args.out, exist_ok=True)
+        lock = open(os.path.join(args.out, LOCK_FILE), "a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise UserError(f"another process is running in {args.out} (it holds {os.path.join(args.out, LOCK_FILE)}); "
+                            "wait for it to end, or choose another --out") from None
+    try:
+        if rank == 0 and args.resume:
+            finish_rotation(args.out)
+        elif rank == 0:
+            found = [name for name in RUN_FILES if os.path.lexists(os.path.join(args.out, name))]
+            if found and not args.overwrite:
+                raise UserError(f"--out {args.out} already holds a run ({', '.join(found)}); continue it with "
+                                f"--resume {args.out}, choose another --out, or add --overwrite to replace it")
+            for name in found:
+                discard(os.path.join(args.out, name))
+        if dist.is_initialized():
+            dist.barrier()
+        yield
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 # ----------------------------------------------------------------------------------------------
 # Logging: one fixed-format line per step and the same numbers as JSON lines.
 
 LOG_FIELDS = [("reward", "reward {:.3f}"), ("reward_std", "std {:.3f}"), ("zero_std", "zero-std {:.2f}"),
-              ("loss", "loss {:.3e}"), ("grad_norm", "gnorm {:.3f}"), ("kl", "kl {:.2e}"),
-              ("clip_frac", "clip {:.2f}"), ("rollout_s", "rollout {:.2f}s"), ("update_s", "update {:.2f}s"),
-              ("tokens_per_s", "{:.0f} tok/s")]
+              ("loss", "loss {:.3e}"), ("grad_norm", "gnorm {:.3f}"), ("skipped_updates", "skipped {:d}"),
+              ("kl", "kl {:.2e}"), ("clip_frac", "clip {:.2f}"), ("rollout_s", "rollout {:.2f}s"),
+              ("update_s", "update {:.2f}s"), ("tokens_per_s", "{:.0f} tok/s")]
+
+
+def finite_or_null(x):
+    """`x` with every NaN or inf replaced by None: JSON has no such numbers and strict readers reject them."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: finite_or_null(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite_or_null(v) for v in x]
+    return x
 
 
 def log_step(args, step, metrics, rank):
@@ -460,17 +812,85 @@ def log_step(args, step, metrics, rank):
     if "eval" in metrics:
         parts.append(f"eval {metrics['eval']['accuracy']:.3f}")
     print(" | ".join(parts), flush=True)
-    with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps({"step": step, **metrics}) + "\n")
+    with open(os.path.join(args.out, "metrics.jsonl"), "a", encoding="utf-8") as f:
+        f.write(json.dumps(finite_or_null({"step": step, **metrics}), allow_nan=False) + "\n")
+
+
+def metric_lines(path):
+    """(step, line) of every row of a metrics file. A partial last line is the append a kill
+    interrupted and is dropped; a damaged line elsewhere is an error."""
+    with reading(path):
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines(keepends=True)
+    rows = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            step = json.loads(line)["step"]
+            if not isinstance(step, int):
+                raise TypeError(f"its step is {step!r}, not an integer")
+        except (ValueError, TypeError, KeyError) as e:
+            if n == len(lines) and not line.endswith("\n"):
+                break
+            raise UserError(f"{path}, line {n}: not a metrics row ({type(e).__name__}: {e}); it was edited or damaged: "
+                            "repair or delete that line, then resume again") from None
+        rows.append((step, line))
+    return rows
 
 
 def truncate_metrics(args, last_step):
-    """On resume, drop metric lines of steps after the checkpoint (they will be redone)."""
+    """On resume, keep the metric rows up to the checkpoint's step (the later ones are redone). The
+    file is rewritten to a temporary one and renamed over it, so a kill leaves the old or the new one."""
     path = os.path.join(args.out, "metrics.jsonl")
-    if os.path.isfile(path):
-        lines = [l for l in open(path) if json.loads(l)["step"] <= last_step]
-        with open(path, "w") as f:
-            f.writelines(lines)
+    if not os.path.isfile(path):
+        return
+    kept = [line for step, line in metric_lines(path) if step <= last_step]
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+    fsync(args.out)
+
+
+# ----------------------------------------------------------------------------------------------
+# The non-finite guard: an update is skipped, or undone, rather than trained on and saved as good.
+
+EXPLODED = 2.0  # an update that multiplies the norm of the trained weights by more than this is undone
+
+
+def total_norm(tensors):
+    """L2 norm of a list of (possibly FSDP-sharded) tensors: the same float on every rank."""
+    norm = torch.nn.utils.get_total_norm(tensors)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def guarded_step(optimizer, params, grad_norm):
+    """optimizer.step() unless the gradient norm is not finite. An update that leaves a weight
+    non-finite, or multiplies the norm of the weights by more than EXPLODED (a far too large --lr),
+    is undone, weights and optimizer state. Returns whether the update was kept. Costs a copy of the
+    trained weights and their optimizer state; collective under FSDP (every rank decides alike)."""
+    if not math.isfinite(grad_norm):
+        return False
+    with torch.no_grad():
+        before = [p.detach().clone() for p in params]
+    state = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in optimizer.state[p].items()}
+             for p in params if p in optimizer.state}
+    norm_before = total_norm(before)
+    optimizer.step()
+    norm_after = total_norm([p.detach() for p in params])
+    if math.isfinite(norm_after) and norm_after <= EXPLODED * norm_before:
+        return True
+    with torch.no_grad():
+        for p, b in zip(params, before):
+            p.copy_(b)
+    for p in params:  # (AdamW creates a parameter's state at its first step)
+        if p in state:
+            optimizer.state[p] = state[p]
+        else:
+            optimizer.state.pop(p, None)
+    return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -532,8 +952,9 @@ def rl_step(step, policy, ref, optimizer, tok, task, train, args, device, rank, 
     for group in optimizer.param_groups:
         group["lr"] = lr
     params = [p for p in policy.parameters() if p.requires_grad]
-    sums, n_terms, grad_norms, skipped = {}, 0, [], 0
+    sums, n_terms, grad_norms, skipped, nonfinite_losses = {}, 0, [], 0, 0
     for j in range(args.mu):
+        bad_terms = 0
         for i, b in enumerate(batches):
             for k in range(draws):
                 if dist.is_initialized():  # reduce gradients across ranks once, on the last backward
@@ -544,11 +965,12 @@ def rl_step(step, policy, ref, optimizer, tok, task, train, args, device, rank, 
                 for key, v in {"loss": loss.detach(), **metrics}.items():
                     sums[key] = sums.get(key, 0.0) + float(v)
                 n_terms += 1
+                bad_terms += not math.isfinite(float(loss.detach()))  # (a NaN loss can have a finite gradient)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        if math.isfinite(grad_norm):
-            optimizer.step()
-        else:
+        bad_terms = int(E.all_sum([bad_terms], device)[0])  # a bad term on any rank skips the update on all
+        nonfinite_losses += bad_terms
+        if bad_terms or not guarded_step(optimizer, params, grad_norm):
             skipped += 1
         optimizer.zero_grad(set_to_none=True)
         grad_norms.append(grad_norm)
@@ -558,13 +980,15 @@ def rl_step(step, policy, ref, optimizer, tok, task, train, args, device, rank, 
     rewards = torch.cat([b["rewards"] for b in batches])
     group_std = rewards.view(-1, G).std(dim=1, unbiased=False)
     keys = sorted(sums)
-    local = [rewards.sum().item(), group_std.sum().item(), sum(b["zero_std"] for b in batches), len(batches), rewards.numel()]
+    local = [rewards.sum().item(), group_std.sum().item(), sum(b["zero_std"] for b in batches), len(batches),
+             rewards.numel(), (~torch.isfinite(rewards)).sum().item()]
     total = E.all_sum(local + [sums[k] for k in keys] + [n_terms], device)
-    r_sum, std_sum, zero_sum, n_b, n_r = total[:5]
+    r_sum, std_sum, zero_sum, n_b, n_r, bad_rewards = total[:6]
     out = {"reward": r_sum / n_r, "reward_std": std_sum / (n_r / G), "zero_std": zero_sum / n_b}
-    out.update({k: v / total[-1] for k, v in zip(keys, total[5:-1])})
+    out.update({k: v / total[-1] for k, v in zip(keys, total[6:-1])})
     out["grad_norm"] = sum(grad_norms) / len(grad_norms)
     out["skipped_updates"] = skipped
+    out["nonfinite_losses"], out["nonfinite_rewards"] = nonfinite_losses, int(bad_rewards)
     out["rollout_s"], out["update_s"] = t_rollout, t_update
     out["tokens_per_s"] = n_r * args.gen_length / max(t_rollout + t_update, 1e-9)
     out["lr"] = lr
@@ -592,13 +1016,13 @@ def pretrain_step(step, policy, optimizer, tok, task, train, args, device, rank,
         group["lr"] = args.pretrain_lr * (0.55 + 0.45 * math.cos(math.pi * step / args.pretrain_steps))
     loss = -L.denoiser_scores(policy, prompt_ids, x0, mask, mask_id=tok.mask_id, estimator="elbo", attention_mask=attn).mean() / x0.shape[1]
     loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), args.grad_clip)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
     grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-    if math.isfinite(grad_norm):
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
     loss_sum, n = E.all_sum([loss.item(), 1], device)
-    return {"loss": loss_sum / n, "grad_norm": grad_norm, "skipped_updates": int(not math.isfinite(grad_norm))}
+    kept = math.isfinite(loss_sum) and guarded_step(optimizer, params, grad_norm)
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": loss_sum / n, "grad_norm": grad_norm, "skipped_updates": int(not kept)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -621,69 +1045,89 @@ def tiny_base_run(task):
 
 
 def ensure_tiny_base(args, rank, world, device):
-    """RL on `tiny` starts from a pre-trained base: pre-train it on the fly (resuming a crashed
-    pre-training run) when the default base checkpoint is absent or unfinished."""
+    """RL on `tiny` starts from a pre-trained base. When bases/TASK is not shipped, pre-train it on
+    the fly with this run's --train_size and --pretrain_* values (and seed 0, as the shipped bases,
+    so every seed starts from the same base), resuming a crashed pre-training. A base already there
+    that was made with other values is an error, never silently reused."""
     base_run = tiny_base_run(args.task)
     if args.init != checkpoint_dir(base_run):
-        if not os.path.isfile(os.path.join(args.init, "config.json")):
-            sys.exit(f"error: --init {args.init} has no config.json; pass a checkpoint directory written by train.py, or omit --init to pre-train one")
         return
-    state = os.path.join(checkpoint_dir(base_run), "state.json")
-    done = os.path.isfile(state) and json.load(open(state))["step"] >= json.load(open(state))["config"]["pretrain_steps"]
-    if done:
-        return
+    wanted = {k: getattr(args, k) for k in ("train_size",) + PRETRAIN_FLAGS}
+    ckpt = newest_checkpoint(base_run)
+    if ckpt is not None:
+        state = read_state(ckpt)
+        made = {k: state["config"].get(k) for k in wanted}
+        differ = [k for k in wanted if made[k] != wanted[k]]
+        if differ:
+            raise UserError(f"{base_run} holds a base pre-trained with "
+                            f"{', '.join(f'--{k} {made[k]}' for k in differ)}, not this run's "
+                            f"{', '.join(f'--{k} {wanted[k]}' for k in differ)}; delete {base_run} to pre-train "
+                            "it again, or pass the values it was made with")
+        if state["step"] >= args.pretrain_steps:
+            return
     E.log0(f"[setup] no finished base checkpoint in {base_run}: pre-training the tiny model first (deterministic, once)")
-    argv = ["--resume", base_run] if os.path.isfile(state) else ["--task", args.task, "--algo", "pretrain", "--seed", str(args.seed), "--out", base_run]
+    argv = (["--resume", base_run] if ckpt is not None else
+            ["--task", args.task, "--algo", "pretrain", "--seed", "0", "--out", base_run, "--overwrite"]
+            + [arg for k, v in wanted.items() for arg in (f"--{k}", str(v))])
     run(parse_args(argv), rank, world, device)
 
 
 def run(args, rank, world, device):
     """Train (RL or pre-training) with a resolved config; returns the final metrics."""
     check_world(args, world)
-    torch.manual_seed(args.seed)
-    if rank == 0:
-        os.makedirs(args.out, exist_ok=True)
-    E.log0("[config] " + json.dumps(vars(args), sort_keys=True))
-    task = R.get_task(args.task)
-    policy, ref, path = build_models(args, device, world)
-    tok = M.load_tokenizer(path)
-    train, test = load_examples(task, args)
-    params = [p for p in policy.parameters() if p.requires_grad]
-    lr = args.pretrain_lr if args.algo == "pretrain" else args.lr
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(args.adam_betas), weight_decay=args.weight_decay)
-    start, first_eval = 0, None
-    if args.resume:
-        state = restore_checkpoint(args, policy, optimizer, device)
-        start, first_eval, metrics = state["step"], state["first_eval"], state["metrics"]
-        if rank == 0:
-            truncate_metrics(args, start)
-        E.log0(f"[resume] from step {start} of {checkpoint_dir(args.out)}")
-    total = args.pretrain_steps if args.algo == "pretrain" else args.steps
-    step_fn = pretrain_step if args.algo == "pretrain" else lambda *a: rl_step(a[0], a[1], ref, *a[2:])
-    eval_every = args.eval_every or total
-    if start == 0:
-        first_eval = evaluate(policy, tok, task, test, args, device, rank, world)
-        E.log0(f"[eval] step 0: {json.dumps(first_eval)}")
-        metrics = {"eval": first_eval}
-    bad = 0
-    for step in range(start + 1, total + 1):
-        torch.manual_seed(seed_for(args.seed, "torch", step, rank))  # dropout etc. reproducible on resume
-        metrics = step_fn(step, policy, optimizer, tok, task, train, args, device, rank, world)
-        bad = bad + 1 if metrics["skipped_updates"] else 0
-        if step % eval_every == 0 or step == total:
-            metrics["eval"] = evaluate(policy, tok, task, test, args, device, rank, world)
-        log_step(args, step, metrics, rank)
-        if bad >= args.max_bad_steps:
-            save_checkpoint(args, policy, optimizer, step, metrics, first_eval, rank)
-            sys.exit(f"error: {bad} steps in a row had a non-finite loss or gradient; stopping (last good weights saved in {checkpoint_dir(args.out)}). "
-                     "Lower --lr or --psi, or check the data.")
-        if step % args.save_every == 0 or step == total:
-            save_checkpoint(args, policy, optimizer, step, metrics, first_eval, rank)
-    if first_eval is not None and "eval" in metrics:
-        E.log0(f"[result] held-out {args.task} accuracy: start {first_eval['accuracy']:.3f} -> end {metrics['eval']['accuracy']:.3f} "
-             f"({checkpoint_dir(args.out)})")
-    return {"first_eval": first_eval, **metrics}
+    with run_directory(args, rank):
+        E.log0("[config] " + json.dumps(vars(args), sort_keys=True))
+        task = R.get_task(args.task)
+        policy, ref, path = build_models(args, device, world)
+        with reading(f"the tokenizer of {path}", "copy the hub checkpoint's tokenizer files into it"):
+            tok = M.load_tokenizer(path)
+        if (policy.config.mask_id, policy.config.eos_id) != (tok.mask_id, tok.eos_id):
+            raise UserError(f"the config.json of {path} gives mask / eos token ids {policy.config.mask_id} / "
+                            f"{policy.config.eos_id}, but its tokenizer uses {tok.mask_id} / {tok.eos_id}; "
+                            "make config.json agree with the tokenizer")
+        files = " and ".join(f"--{f} {getattr(args, f)}" for f in ("data", "eval_data") if getattr(args, f))
+        with reading(files or f"the {args.task} examples"):
+            train, test = load_examples(task, args)
+        for examples, source in ((train, args.data or "the generated training split"),
+                                 (test, args.eval_data or "the generated test split")):
+            if not examples:
+                raise UserError(f"{source} holds no examples; pass a file with some")
+        params = [p for p in policy.parameters() if p.requires_grad]
+        lr = args.pretrain_lr if args.algo == "pretrain" else args.lr
+        optimizer = torch.optim.AdamW(params, lr=lr, betas=tuple(args.adam_betas), weight_decay=args.weight_decay)
+        start, first_eval = 0, None
+        if args.resume:
+            state = restore_checkpoint(args, policy, optimizer, device)
+            start, first_eval, metrics = state["step"], state["first_eval"], state["metrics"]
+            if rank == 0:
+                truncate_metrics(args, start)
+            E.log0(f"[resume] from step {start} of {checkpoint_dir(args.out)}")
+        total = args.pretrain_steps if args.algo == "pretrain" else args.steps
+        step_fn = pretrain_step if args.algo == "pretrain" else lambda *a: rl_step(a[0], a[1], ref, *a[2:])
+        eval_every = args.eval_every if args.eval_every > 0 else total  # 0: at the start and the end only
+        if start == 0:
+            first_eval = evaluate(policy, tok, task, test, args, device, rank, world)
+            E.log0(f"[eval] step 0: {json.dumps(first_eval)}")
+            metrics = {"eval": first_eval}
+        bad = 0
+        for step in range(start + 1, total + 1):
+            metrics = step_fn(step, policy, optimizer, tok, task, train, args, device, rank, world)
+            bad = bad + 1 if metrics["skipped_updates"] else 0
+            if step % eval_every == 0 or step == total:
+                metrics["eval"] = evaluate(policy, tok, task, test, args, device, rank, world)
+            log_step(args, step, metrics, rank)
+            if bad >= args.max_bad_steps:
+                save_checkpoint(args, policy, optimizer, step, metrics, first_eval, rank)
+                raise UserError(f"{bad} steps in a row skipped updates (a non-finite loss, reward or gradient, "
+                                f"or an exploding update); stopping, with the last good weights saved in "
+                                f"{checkpoint_dir(args.out)}. Lower --lr or --psi, or check the data.")
+            if step % args.save_every == 0 or step == total:
+                save_checkpoint(args, policy, optimizer, step, metrics, first_eval, rank)
+        if first_eval is not None and "eval" in metrics:
+            E.log0(f"[result] held-out {args.task} accuracy: start {first_eval['accuracy']:.3f} -> "
+                   f"end {metrics['eval']['accuracy']:.3f} ({checkpoint_dir(args.out)})")
+        return {"first_eval": first_eval, **metrics}
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)
