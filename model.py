@@ -4,7 +4,9 @@ tiny model, LLaDA-8B and Dream-7B, loading the hubs' own safetensors by their ow
     embed -> n_layers x [ RMSNorm -> attention (RoPE, grouped KV heads, optional q/k/v bias, no causal
     mask, key-padding mask) -> +residual ; RMSNorm -> SwiGLU -> +residual ] -> RMSNorm -> untied head
 
-Imports nothing from this project (torch, safetensors; transformers for hub tokenizers only).
+Imports nothing from this project (torch, safetensors; transformers for hub tokenizers only). The file
+reads top-down: configuration, the network, LoRA, then the hubs' layouts (config.json, weight names,
+loading, saving) and the tokenizers.
 
 How to use:
     model = load_model("tiny")                            # ~1M parameters, random init (seed=0)
@@ -116,115 +118,6 @@ CONFIGS = {
                             mlp_hidden=18944, norm_eps=1e-6, rope_theta=1000000.0, qkv_bias=True,
                             mask_id=151666, eos_id=151643, pad_id=151643, max_seq_len=131072),
 }
-
-# Hub config.json options this implementation does not model: the values it accepts for each (an
-# absent field means the hub's default, which is accepted).
-_LLADA_REQUIRED = {"block_type": ("llama",), "layer_norm_type": ("rms",), "activation_type": ("silu",),
-                   "rope": (True,), "rope_full_precision": (True,), "alibi": (False,), "weight_tying": (False,),
-                   "include_bias": (False,), "bias_for_layer_norm": (False, None), "scale_logits": (False,),
-                   "input_emb_norm": (False,), "attention_layer_norm": (False,), "layer_norm_with_affine": (True,),
-                   "block_group_size": (1,), "attention_dropout": (0,), "residual_dropout": (0,),
-                   "embedding_dropout": (0,)}
-_DREAM_REQUIRED = {"hidden_act": ("silu",), "tie_word_embeddings": (False,), "rope_scaling": (None,),
-                   "use_sliding_window": (False,), "attention_dropout": (0,)}
-# Fields written for a model without a source config.json (the rest of each hub's config.json).
-_LLADA_HUB_DEFAULTS = {
-    "activation_type": "silu", "alibi": False, "alibi_bias_max": 8.0, "architectures": ["LLaDAModelLM"],
-    "attention_dropout": 0.0, "attention_layer_norm": False, "attention_layer_norm_with_affine": True,
-    "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
-                 "AutoModel": "modeling_llada.LLaDAModelLM"},
-    "bias_for_layer_norm": False, "block_group_size": 1, "block_type": "llama", "embedding_dropout": 0.0,
-    "flash_attention": False, "include_bias": False, "init_cutoff_factor": None, "init_device": "meta",
-    "init_fn": "mitchell", "init_std": 0.02, "input_emb_norm": False, "layer_norm_type": "rms",
-    "layer_norm_with_affine": True, "mlp_ratio": 4, "multi_query_attention": None, "precision": "amp_bf16",
-    "residual_dropout": 0.0, "rope": True, "rope_full_precision": True, "scale_logits": False,
-    "use_cache": False, "weight_tying": False,
-}
-_DREAM_HUB_DEFAULTS = {
-    "architectures": ["DreamModel"], "attention_dropout": 0.0,
-    "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
-    "hidden_act": "silu", "initializer_range": 0.02, "rope_scaling": None, "sliding_window": None,
-    "tie_word_embeddings": False, "use_cache": False, "use_mrope": False, "use_sliding_window": False,
-}
-_CHAR_MARKER = "gdsd_char_tokenizer"  # config.json field marking a checkpoint of the character-vocabulary model
-
-
-def _family_of(hub):
-    """The family named by config.json's model_type (never by the directory name)."""
-    model_type = str(hub.get("model_type", "")).lower()
-    if model_type == "llada":
-        return "llada"
-    if model_type == "dream":
-        return "dream"
-    raise ValueError(f"config.json has model_type {hub.get('model_type')!r}; supported are 'llada' (LLaDA layout) "
-                     "and 'Dream' (Qwen2 layout). Point at a LLaDA or Dream checkpoint directory.")
-
-
-def _token_id(hub, key):
-    value = hub.get(key)
-    if isinstance(value, list):  # some configs list several EOS ids; the first is the canonical one
-        value = value[0] if value else None
-    if value is None:
-        raise ValueError(f"config.json has no {key}; add it (LLaDA-8B: mask 126336, eos/pad 126081; "
-                         "Dream-7B: mask 151666, eos/pad 151643)")
-    return int(value)
-
-
-def config_from_hub(hub, source_dir=None):
-    """ModelConfig from a hub config.json dict (LLaDA's d_model/n_layers/... or Qwen2's hidden_size/...)."""
-    family = _family_of(hub)
-    required = _LLADA_REQUIRED if family == "llada" else _DREAM_REQUIRED
-    for key, allowed in required.items():
-        if key in hub and hub[key] not in allowed:
-            raise ValueError(f"config.json sets {key} = {hub[key]!r}; this implementation supports only "
-                             f"{' or '.join(map(repr, allowed))}")
-    if family == "llada":
-        n_heads = hub["n_heads"]
-        n_kv = hub.get("n_kv_heads") or (1 if hub.get("multi_query_attention") else n_heads)
-        mlp = hub.get("mlp_hidden_size") or hub.get("mlp_ratio", 4) * hub["d_model"]
-        return ModelConfig(
-            family="llada", vocab_size=hub.get("embedding_size") or hub["vocab_size"], d_model=hub["d_model"],
-            n_layers=hub["n_layers"], n_heads=n_heads, n_kv_heads=n_kv, mlp_hidden=mlp,
-            norm_eps=hub.get("rms_norm_eps", 1e-5), rope_theta=hub.get("rope_theta", 10000.0),
-            qkv_bias=bool(hub.get("include_qkv_bias", False)), mask_id=_token_id(hub, "mask_token_id"),
-            eos_id=_token_id(hub, "eos_token_id"), pad_id=_token_id(hub, "pad_token_id"),
-            max_seq_len=hub.get("max_sequence_length", 4096), char_tokenizer=bool(hub.get(_CHAR_MARKER, False)),
-            source_dir=source_dir)
-    return ModelConfig(
-        family="dream", vocab_size=hub["vocab_size"], d_model=hub["hidden_size"], n_layers=hub["num_hidden_layers"],
-        n_heads=hub["num_attention_heads"], n_kv_heads=hub.get("num_key_value_heads") or hub["num_attention_heads"],
-        mlp_hidden=hub["intermediate_size"], norm_eps=hub.get("rms_norm_eps", 1e-6),
-        rope_theta=hub.get("rope_theta", 10000.0), qkv_bias=True,  # Dream's attention always has q/k/v bias
-        mask_id=_token_id(hub, "mask_token_id"), eos_id=_token_id(hub, "eos_token_id"),
-        pad_id=_token_id(hub, "pad_token_id"), max_seq_len=hub.get("max_position_embeddings", 131072),
-        char_tokenizer=bool(hub.get(_CHAR_MARKER, False)), source_dir=source_dir)
-
-
-def config_to_hub(cfg, base=None, dtype=None):
-    """The hub config.json dict of `cfg`: `base` (the source config.json, if any) or the hub's defaults,
-    overwritten with every hyper-parameter of `cfg` under the hub's own field names."""
-    if cfg.family == "llada":
-        hub = dict(_LLADA_HUB_DEFAULTS, **(base or {}))
-        hub.update(model_type="llada", d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-                   n_kv_heads=cfg.n_kv_heads, mlp_hidden_size=cfg.mlp_hidden, rms_norm_eps=cfg.norm_eps,
-                   rope_theta=cfg.rope_theta, include_qkv_bias=cfg.qkv_bias, vocab_size=cfg.vocab_size,
-                   embedding_size=cfg.vocab_size, mask_token_id=cfg.mask_id, eos_token_id=cfg.eos_id,
-                   pad_token_id=cfg.pad_id, max_sequence_length=cfg.max_seq_len)
-    else:
-        if not cfg.qkv_bias:
-            raise ValueError("the Dream layout always has q/k/v biases; a dream-family config needs qkv_bias=True")
-        hub = dict(_DREAM_HUB_DEFAULTS, **(base or {}))
-        hub.update(model_type="Dream", hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
-                   num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
-                   intermediate_size=cfg.mlp_hidden, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
-                   vocab_size=cfg.vocab_size, mask_token_id=cfg.mask_id, eos_token_id=cfg.eos_id,
-                   pad_token_id=cfg.pad_id, max_position_embeddings=cfg.max_seq_len)
-    if dtype is not None:
-        hub["torch_dtype"] = str(dtype).replace("torch.", "")
-    hub.pop(_CHAR_MARKER, None)
-    if cfg.char_tokenizer:
-        hub[_CHAR_MARKER] = True
-    return hub
 
 
 # ----------------------------------------------------------------------------------------------
@@ -377,6 +270,228 @@ def init_weights(model, seed=0):
             else:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
     return model
+
+
+# ----------------------------------------------------------------------------------------------
+# LoRA
+
+# Default targets per family, by the hub's projection names, and their internal names.
+LORA_TARGETS = {
+    "llada": {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "attn_out": "o_proj",
+              "ff_proj": "gate_proj", "up_proj": "up_proj", "ff_out": "down_proj"},
+    "dream": {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj",
+              "gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"},
+}
+
+
+class LoRALinear(nn.Module):
+    """y = base(x) + (α/r) · B A dropout(x), with A (r, in), B (out, r) = 0 at init, so the adapted model
+    starts exactly at the base. Adapters are float32 whatever the base dtype (bf16 would round away
+    small optimizer updates); the input is cast to their dtype and the update back to the output's."""
+
+    def __init__(self, base, rank, alpha, dropout=0.0):
+        super().__init__()
+        self.base = base
+        self.scale = alpha / rank
+        self.lora_A = nn.Linear(base.in_features, rank, bias=False, device=base.weight.device, dtype=torch.float32)
+        self.lora_B = nn.Linear(rank, base.out_features, bias=False, device=base.weight.device, dtype=torch.float32)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # nn.Linear's default (global RNG)
+        nn.init.zeros_(self.lora_B.weight)
+        self.dropout = nn.Dropout(dropout)
+        self.enabled = True  # False = the base weights alone (the reference policy)
+
+    def forward(self, x):
+        y = self.base(x)
+        if not self.enabled:
+            return y
+        dx = self.lora_B(self.lora_A(self.dropout(x).to(self.lora_A.weight.dtype)))
+        return y + (self.scale * dx).to(y.dtype)
+
+    def delta_weight(self):
+        """(α/r) · B A in float32: the change of the base weight the adapter makes."""
+        return self.scale * (self.lora_B.weight.float() @ self.lora_A.weight.float())
+
+
+def _lora_modules(model):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+def add_lora(model, rank, alpha, dropout=0.0, targets=None):
+    """Wrap the target projections of every block in LoRA adapters and freeze everything else.
+
+    targets: hub projection names of the model's family (default: all seven, LORA_TARGETS).
+    Returns the list of the new trainable parameters."""
+    if rank <= 0:
+        raise ValueError(f"LoRA rank must be positive, got {rank}")
+    if _lora_modules(model):
+        raise ValueError("the model already has LoRA adapters; reload the model before adding new ones")
+    table = LORA_TARGETS[model.config.family]
+    targets = list(table) if targets is None else list(targets)
+    unknown = [t for t in targets if t not in table]
+    if unknown:
+        raise ValueError(f"unknown LoRA target(s) {unknown} for the {model.config.family} layout; choose from {list(table)}")
+    model.requires_grad_(False)
+    params = []
+    for block in model.blocks:
+        for t in targets:
+            wrapped = LoRALinear(getattr(block, table[t]), rank, alpha, dropout)
+            setattr(block, table[t], wrapped)
+            params += [wrapped.lora_A.weight, wrapped.lora_B.weight]
+    return params
+
+
+@contextlib.contextmanager
+def lora_disabled(model):
+    """Run the base weights (adapters switched off) inside the `with` statement: GDSD's reference policy."""
+    mods = [m for _, m in _lora_modules(model)]
+    if not mods:
+        raise ValueError("the model has no LoRA adapters: switching them off would leave the trained weights "
+                         "in place, not the reference; keep a frozen copy of the initial model instead")
+    before = [m.enabled for m in mods]
+    for m in mods:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m, e in zip(mods, before):
+            m.enabled = e
+
+
+def _merged_state(model):
+    """Internal-name state of the plain model, with each adapter's delta added to its base weight."""
+    state = {}
+    loras = dict(_lora_modules(model))
+    for name, t in model.state_dict().items():
+        if ".lora_A." in name or ".lora_B." in name:
+            continue
+        if ".base." in name:  # a wrapped projection: blocks.i.q_proj.base.weight -> blocks.i.q_proj.weight
+            owner, _, leaf = name.rpartition(".base.")
+            if leaf == "weight":
+                t = (t.float() + loras[owner].delta_weight().to(t.device)).to(t.dtype)
+            name = f"{owner}.{leaf}"
+        state[name] = t
+    return state
+
+
+def lora_state_dict(model):
+    """{parameter name: tensor} of the adapters only (names as in model.state_dict())."""
+    state = {n: t.detach() for n, t in model.state_dict().items() if ".lora_A." in n or ".lora_B." in n}
+    if not state:
+        raise ValueError("the model has no LoRA adapters")
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
+# Hub layouts: config.json translation
+
+# Hub config.json options this implementation does not model: the values it accepts for each (an
+# absent field means the hub's default, which is accepted).
+_LLADA_REQUIRED = {"block_type": ("llama",), "layer_norm_type": ("rms",), "activation_type": ("silu",),
+                   "rope": (True,), "rope_full_precision": (True,), "alibi": (False,), "weight_tying": (False,),
+                   "include_bias": (False,), "bias_for_layer_norm": (False, None), "scale_logits": (False,),
+                   "input_emb_norm": (False,), "attention_layer_norm": (False,), "layer_norm_with_affine": (True,),
+                   "block_group_size": (1,), "attention_dropout": (0,), "residual_dropout": (0,),
+                   "embedding_dropout": (0,)}
+_DREAM_REQUIRED = {"hidden_act": ("silu",), "tie_word_embeddings": (False,), "rope_scaling": (None,),
+                   "use_sliding_window": (False,), "attention_dropout": (0,)}
+# Fields written for a model without a source config.json (the rest of each hub's config.json).
+_LLADA_HUB_DEFAULTS = {
+    "activation_type": "silu", "alibi": False, "alibi_bias_max": 8.0, "architectures": ["LLaDAModelLM"],
+    "attention_dropout": 0.0, "attention_layer_norm": False, "attention_layer_norm_with_affine": True,
+    "auto_map": {"AutoConfig": "configuration_llada.LLaDAConfig", "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
+                 "AutoModel": "modeling_llada.LLaDAModelLM"},
+    "bias_for_layer_norm": False, "block_group_size": 1, "block_type": "llama", "embedding_dropout": 0.0,
+    "flash_attention": False, "include_bias": False, "init_cutoff_factor": None, "init_device": "meta",
+    "init_fn": "mitchell", "init_std": 0.02, "input_emb_norm": False, "layer_norm_type": "rms",
+    "layer_norm_with_affine": True, "mlp_ratio": 4, "multi_query_attention": None, "precision": "amp_bf16",
+    "residual_dropout": 0.0, "rope": True, "rope_full_precision": True, "scale_logits": False,
+    "use_cache": False, "weight_tying": False,
+}
+_DREAM_HUB_DEFAULTS = {
+    "architectures": ["DreamModel"], "attention_dropout": 0.0,
+    "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"},
+    "hidden_act": "silu", "initializer_range": 0.02, "rope_scaling": None, "sliding_window": None,
+    "tie_word_embeddings": False, "use_cache": False, "use_mrope": False, "use_sliding_window": False,
+}
+_CHAR_MARKER = "gdsd_char_tokenizer"  # config.json field marking a checkpoint of the character-vocabulary model
+
+
+def _family_of(hub):
+    """The family named by config.json's model_type (never by the directory name)."""
+    model_type = str(hub.get("model_type", "")).lower()
+    if model_type == "llada":
+        return "llada"
+    if model_type == "dream":
+        return "dream"
+    raise ValueError(f"config.json has model_type {hub.get('model_type')!r}; supported are 'llada' (LLaDA layout) "
+                     "and 'Dream' (Qwen2 layout). Point at a LLaDA or Dream checkpoint directory.")
+
+
+def _token_id(hub, key):
+    value = hub.get(key)
+    if isinstance(value, list):  # some configs list several EOS ids; the first is the canonical one
+        value = value[0] if value else None
+    if value is None:
+        raise ValueError(f"config.json has no {key}; add it (LLaDA-8B: mask 126336, eos/pad 126081; "
+                         "Dream-7B: mask 151666, eos/pad 151643)")
+    return int(value)
+
+
+def config_from_hub(hub, source_dir=None):
+    """ModelConfig from a hub config.json dict (LLaDA's d_model/n_layers/... or Qwen2's hidden_size/...)."""
+    family = _family_of(hub)
+    required = _LLADA_REQUIRED if family == "llada" else _DREAM_REQUIRED
+    for key, allowed in required.items():
+        if key in hub and hub[key] not in allowed:
+            raise ValueError(f"config.json sets {key} = {hub[key]!r}; this implementation supports only "
+                             f"{' or '.join(map(repr, allowed))}")
+    if family == "llada":
+        n_heads = hub["n_heads"]
+        n_kv = hub.get("n_kv_heads") or (1 if hub.get("multi_query_attention") else n_heads)
+        mlp = hub.get("mlp_hidden_size") or hub.get("mlp_ratio", 4) * hub["d_model"]
+        return ModelConfig(
+            family="llada", vocab_size=hub.get("embedding_size") or hub["vocab_size"], d_model=hub["d_model"],
+            n_layers=hub["n_layers"], n_heads=n_heads, n_kv_heads=n_kv, mlp_hidden=mlp,
+            norm_eps=hub.get("rms_norm_eps", 1e-5), rope_theta=hub.get("rope_theta", 10000.0),
+            qkv_bias=bool(hub.get("include_qkv_bias", False)), mask_id=_token_id(hub, "mask_token_id"),
+            eos_id=_token_id(hub, "eos_token_id"), pad_id=_token_id(hub, "pad_token_id"),
+            max_seq_len=hub.get("max_sequence_length", 4096), char_tokenizer=bool(hub.get(_CHAR_MARKER, False)),
+            source_dir=source_dir)
+    return ModelConfig(
+        family="dream", vocab_size=hub["vocab_size"], d_model=hub["hidden_size"], n_layers=hub["num_hidden_layers"],
+        n_heads=hub["num_attention_heads"], n_kv_heads=hub.get("num_key_value_heads") or hub["num_attention_heads"],
+        mlp_hidden=hub["intermediate_size"], norm_eps=hub.get("rms_norm_eps", 1e-6),
+        rope_theta=hub.get("rope_theta", 10000.0), qkv_bias=True,  # Dream's attention always has q/k/v bias
+        mask_id=_token_id(hub, "mask_token_id"), eos_id=_token_id(hub, "eos_token_id"),
+        pad_id=_token_id(hub, "pad_token_id"), max_seq_len=hub.get("max_position_embeddings", 131072),
+        char_tokenizer=bool(hub.get(_CHAR_MARKER, False)), source_dir=source_dir)
+
+
+def config_to_hub(cfg, base=None, dtype=None):
+    """The hub config.json dict of `cfg`: `base` (the source config.json, if any) or the hub's defaults,
+    overwritten with every hyper-parameter of `cfg` under the hub's own field names."""
+    if cfg.family == "llada":
+        hub = dict(_LLADA_HUB_DEFAULTS, **(base or {}))
+        hub.update(model_type="llada", d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
+                   n_kv_heads=cfg.n_kv_heads, mlp_hidden_size=cfg.mlp_hidden, rms_norm_eps=cfg.norm_eps,
+                   rope_theta=cfg.rope_theta, include_qkv_bias=cfg.qkv_bias, vocab_size=cfg.vocab_size,
+                   embedding_size=cfg.vocab_size, mask_token_id=cfg.mask_id, eos_token_id=cfg.eos_id,
+                   pad_token_id=cfg.pad_id, max_sequence_length=cfg.max_seq_len)
+    else:
+        if not cfg.qkv_bias:
+            raise ValueError("the Dream layout always has q/k/v biases; a dream-family config needs qkv_bias=True")
+        hub = dict(_DREAM_HUB_DEFAULTS, **(base or {}))
+        hub.update(model_type="Dream", hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers,
+                   num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
+                   intermediate_size=cfg.mlp_hidden, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
+                   vocab_size=cfg.vocab_size, mask_token_id=cfg.mask_id, eos_token_id=cfg.eos_id,
+                   pad_token_id=cfg.pad_id, max_position_embeddings=cfg.max_seq_len)
+    if dtype is not None:
+        hub["torch_dtype"] = str(dtype).replace("torch.", "")
+    hub.pop(_CHAR_MARKER, None)
+    if cfg.char_tokenizer:
+        hub[_CHAR_MARKER] = True
+    return hub
 
 
 # ----------------------------------------------------------------------------------------------
@@ -619,136 +734,3 @@ def load_tokenizer(name_or_path):
             hf.chat_template = f.read()
     return HubTokenizer(hf, cfg.mask_id, cfg.eos_id, cfg.pad_id, cfg.vocab_size)
 
-
-# ----------------------------------------------------------------------------------------------
-# LoRA
-
-# Default targets per family, by the hub's projection names, and their internal names.
-LORA_TARGETS = {
-    "llada": {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "attn_out": "o_proj",
-              "ff_proj": "gate_proj", "up_proj": "up_proj", "ff_out": "down_proj"},
-    "dream": {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj",
-              "gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"},
-}
-
-
-class LoRALinear(nn.Module):
-    """y = base(x) + (α/r) · B A dropout(x), with A (r, in), B (out, r) = 0 at init, so the adapted model
-    starts exactly at the base. Adapters are float32 whatever the base dtype (bf16 would round away
-    small optimizer updates); the input is cast to their dtype and the update back to the output's."""
-
-    def __init__(self, base, rank, alpha, dropout=0.0):
-        super().__init__()
-        self.base = base
-        self.scale = alpha / rank
-        self.lora_A = nn.Linear(base.in_features, rank, bias=False, device=base.weight.device, dtype=torch.float32)
-        self.lora_B = nn.Linear(rank, base.out_features, bias=False, device=base.weight.device, dtype=torch.float32)
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # nn.Linear's default (global RNG)
-        nn.init.zeros_(self.lora_B.weight)
-        self.dropout = nn.Dropout(dropout)
-        self.enabled = True  # False = the base weights alone (the reference policy)
-
-    def forward(self, x):
-        y = self.base(x)
-        if not self.enabled:
-            return y
-        dx = self.lora_B(self.lora_A(self.dropout(x).to(self.lora_A.weight.dtype)))
-        return y + (self.scale * dx).to(y.dtype)
-
-    def delta_weight(self):
-        """(α/r) · B A in float32: the change of the base weight the adapter makes."""
-        return self.scale * (self.lora_B.weight.float() @ self.lora_A.weight.float())
-
-
-def _lora_modules(model):
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
-
-
-def add_lora(model, rank, alpha, dropout=0.0, targets=None):
-    """Wrap the target projections of every block in LoRA adapters and freeze everything else.
-
-    targets: hub projection names of the model's family (default: all seven, LORA_TARGETS).
-    Returns the list of the new trainable parameters."""
-    if rank <= 0:
-        raise ValueError(f"LoRA rank must be positive, got {rank}")
-    if _lora_modules(model):
-        raise ValueError("the model already has LoRA adapters; merge_lora or reload it before adding new ones")
-    table = LORA_TARGETS[model.config.family]
-    targets = list(table) if targets is None else list(targets)
-    unknown = [t for t in targets if t not in table]
-    if unknown:
-        raise ValueError(f"unknown LoRA target(s) {unknown} for the {model.config.family} layout; choose from {list(table)}")
-    model.requires_grad_(False)
-    params = []
-    for block in model.blocks:
-        for t in targets:
-            wrapped = LoRALinear(getattr(block, table[t]), rank, alpha, dropout)
-            setattr(block, table[t], wrapped)
-            params += [wrapped.lora_A.weight, wrapped.lora_B.weight]
-    return params
-
-
-@contextlib.contextmanager
-def lora_disabled(model):
-    """Run the base weights (adapters switched off) inside the `with` statement: GDSD's reference policy."""
-    mods = [m for _, m in _lora_modules(model)]
-    if not mods:
-        raise ValueError("the model has no LoRA adapters: switching them off would leave the trained weights "
-                         "in place, not the reference; keep a frozen copy of the initial model instead")
-    before = [m.enabled for m in mods]
-    for m in mods:
-        m.enabled = False
-    try:
-        yield model
-    finally:
-        for m, e in zip(mods, before):
-            m.enabled = e
-
-
-def merge_lora(model):
-    """Fold every adapter into its base weight (W += (α/r)·B·A) and drop the adapters, in place."""
-    with torch.no_grad():
-        for name, m in _lora_modules(model):
-            m.base.weight.copy_((m.base.weight.float() + m.delta_weight()).to(m.base.weight.dtype))
-            parent = model.get_submodule(name.rsplit(".", 1)[0])
-            setattr(parent, name.rsplit(".", 1)[1], m.base)
-    return model
-
-
-def _merged_state(model):
-    """Internal-name state of the plain model, with each adapter's delta added to its base weight."""
-    state = {}
-    loras = dict(_lora_modules(model))
-    for name, t in model.state_dict().items():
-        if ".lora_A." in name or ".lora_B." in name:
-            continue
-        if ".base." in name:  # a wrapped projection: blocks.i.q_proj.base.weight -> blocks.i.q_proj.weight
-            owner, _, leaf = name.rpartition(".base.")
-            if leaf == "weight":
-                t = (t.float() + loras[owner].delta_weight().to(t.device)).to(t.dtype)
-            name = f"{owner}.{leaf}"
-        state[name] = t
-    return state
-
-
-def lora_state_dict(model):
-    """{parameter name: tensor} of the adapters only (names as in model.state_dict())."""
-    state = {n: t.detach() for n, t in model.state_dict().items() if ".lora_A." in n or ".lora_B." in n}
-    if not state:
-        raise ValueError("the model has no LoRA adapters")
-    return state
-
-
-def load_lora_state_dict(model, state):
-    """Copy adapter tensors (from lora_state_dict) into a model with the same adapters."""
-    own = lora_state_dict(model)
-    missing, unexpected = set(own) - set(state), set(state) - set(own)
-    if missing or unexpected:
-        parts = [_list_problem(k, v) for k, v in (("missing", missing), ("unexpected", unexpected)) if v]
-        raise ValueError("LoRA state does not match the model's adapters (same rank and targets?): " + "; ".join(parts))
-    bad = [n for n in own if own[n].shape != state[n].shape]
-    if bad:
-        raise ValueError(_list_problem("adapter tensor(s) with a wrong shape (different rank?)", bad))
-    with torch.no_grad():
-        for n, t in own.items():
-            t.copy_(state[n])
