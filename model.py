@@ -22,6 +22,8 @@ How to use:
 Calling convention (shared with sample.py and loss.py):
     model(input_ids (N, T) long, attention_mask (N, T) 1 = real token or None, logits_mask (N, T) bool
     or None) -> logits (N, T, V), or (n_selected, V) of the selected positions in row-major order.
+    Two optional arguments serve sample.py's KV cache: past (a dict the model fills with keys/values)
+    and window=(lo, hi) (recompute only those positions against the cached rest); see Denoiser.forward.
 
 Architecture facts, read from the hubs' configuration and modeling files (GSAI-ML/LLaDA-8B-Instruct,
 Dream-org/Dream-v0-Instruct-7B):
@@ -179,21 +181,33 @@ class Block(nn.Module):
         self.up_proj = nn.Linear(d, cfg.mlp_hidden, bias=False)
         self.down_proj = nn.Linear(cfg.mlp_hidden, d, bias=False)
 
-    def forward(self, h, cos, sin, key_mask):
-        N, T, _ = h.shape
+    def forward(self, h, cos, sin, key_mask, kv=None, start=None):
+        """h (N, w, D) -> (N, w, D). Without `kv`, w = T: the whole canvas.
+
+        kv (a dict) makes the block keep keys and values for the sampler's cache (sample.py):
+        start None -> the w = T positions' keys/values are stored in kv; start s -> h holds positions
+        s .. s+w-1 only, whose fresh keys/values overwrite their slots in kv, and the queries attend
+        to all T slots (the rest as cached: the approximation a KV cache makes in a bidirectional model)."""
+        N, w, _ = h.shape
         x = self.attn_norm(h)
-        q = self.q_proj(x).view(N, T, self.n_heads, self.head_dim).transpose(1, 2)  # (N, H, T, d)
-        k = self.k_proj(x).view(N, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (N, Hkv, T, d)
-        v = self.v_proj(x).view(N, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (N, Hkv, T, d)
+        q = self.q_proj(x).view(N, w, self.n_heads, self.head_dim).transpose(1, 2)  # (N, H, w, d)
+        k = self.k_proj(x).view(N, w, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (N, Hkv, w, d)
+        v = self.v_proj(x).view(N, w, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (N, Hkv, w, d)
         q, k = apply_rope(q, cos, sin, self.rope_fp32), apply_rope(k, cos, sin, self.rope_fp32)
+        if kv is not None:
+            if start is None:
+                kv["k"], kv["v"] = k, v  # (N, Hkv, T, d) each, keys already rotated
+            else:
+                kv["k"][:, :, start:start + w], kv["v"][:, :, start:start + w] = k, v
+                k, v = kv["k"], kv["v"]  # (N, Hkv, T, d)
         if self.n_kv_heads != self.n_heads:
             # grouped KV heads: KV head j serves query heads j·g .. j·g+g-1 (g = H / Hkv), as in both hubs;
             # expanding (rather than SDPA's enable_gqa) keeps every SDPA kernel available with a mask
             g = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)  # (N, H, T, d)
         # no causal mask: every position attends to every real (unpadded) position
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (N, H, T, d)
-        h = h + self.o_proj(att.transpose(1, 2).reshape(N, T, -1))
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (N, H, w, d)
+        h = h + self.o_proj(att.transpose(1, 2).reshape(N, w, -1))
         x = self.mlp_norm(h)
         return h + self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
@@ -215,14 +229,22 @@ class Denoiser(nn.Module):
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.gradient_checkpointing = False
 
-    def forward(self, input_ids, attention_mask=None, logits_mask=None):
-        """Logits (N, T, V), or (n_selected, V) at the True positions of logits_mask, in row-major order."""
+    def forward(self, input_ids, attention_mask=None, logits_mask=None, past=None, window=None):
+        """Logits (N, T, V), or (n_selected, V) at the True positions of logits_mask, in row-major order.
+
+        past, window: the sampler's KV cache (sample.py's calling convention). `past` is a dict the
+        model owns: a call with window=None stores every layer's keys/values of the canvas in it; a call
+        with window=(lo, hi) recomputes only positions lo..hi-1 (lo-1..hi-1 for Dream, whose logits at
+        lo come from position lo-1) against the cached keys/values of the rest, and returns the logits
+        selected by logits_mask[:, lo:hi] (its other columns are ignored; None = all of the window)."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (N, T), got shape {tuple(input_ids.shape)}")
         N, T = input_ids.shape
         for name, m in (("attention_mask", attention_mask), ("logits_mask", logits_mask)):
             if m is not None and m.shape != (N, T):
                 raise ValueError(f"{name} must have the shape of input_ids {(N, T)}, got {tuple(m.shape)}")
+        if window is not None and len(past or ()) != len(self.blocks):
+            raise ValueError("a window call needs `past` filled by a call on the whole canvas (window=None) first")
         if attention_mask is None:
             positions = torch.arange(T, device=input_ids.device)[None]  # (1, T)
             key_mask = None
@@ -234,17 +256,21 @@ class Denoiser(nn.Module):
             # positions count from each row's first real token (departure 2); padding keys are masked
             positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (N, T)
             key_mask = attention_mask[:, None, None, :]  # (N, 1, 1, T) True = may be attended to
-        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)  # (N|1, T, d)
-        h = self.embed(input_ids)  # (N, T, D)
-        for block in self.blocks:
-            if self.gradient_checkpointing and torch.is_grad_enabled():
+        lo, hi = (0, T) if window is None else window
+        start = max(lo - 1, 0) if self.config.family == "dream" else lo  # first position computed
+        cos, sin = rope_cos_sin(positions[:, start:hi], self.config.head_dim, self.config.rope_theta)  # (N|1, w, d)
+        h = self.embed(input_ids[:, start:hi])  # (N, w, D)
+        for i, block in enumerate(self.blocks):
+            if past is not None:
+                h = block(h, cos, sin, key_mask, kv=past.setdefault(i, {}), start=None if window is None else start)
+            elif self.gradient_checkpointing and torch.is_grad_enabled():
                 h = checkpoint(block, h, cos, sin, key_mask, use_reentrant=False)
             else:
                 h = block(h, cos, sin, key_mask)
         if self.config.family == "dream":
-            h = _align_dream(h)
+            h = _align_dream(h)[:, lo - start:]  # (N, hi - lo, D)
         if logits_mask is not None:
-            h = h[logits_mask.bool()]  # (n, D): the norm and the vocabulary-sized head run only here
+            h = h[logits_mask[:, lo:hi].bool()]  # (n, D): the norm and the vocabulary-sized head run only here
         return self.head(self.norm(h))  # (N, T, V) or (n, V)
 
 

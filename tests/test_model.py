@@ -229,6 +229,49 @@ def test_dream_padding_matches_the_transcription_after_the_first_real_token(drea
     torch.testing.assert_close(aligned[1, 1:], raw[1, :-1], rtol=1e-4, atol=1e-4)
 
 
+# ----------------------------------------------------------------------------------------------
+# The sampler's KV cache: past and window
+
+def window_logits(model, ids, attn, lo, hi, logits_mask=None):
+    """Logits of a window call after a fresh `past` of the same canvas (a cache refreshed now)."""
+    past = {}
+    model(ids, attention_mask=attn, past=past)
+    return model(ids, attention_mask=attn, logits_mask=logits_mask, past=past, window=(lo, hi))
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_window_on_a_fresh_cache_gives_the_full_forward(family, llada_dir, dream_dir):
+    """With keys/values cached from the same canvas, recomputing a window (the current block: dual
+    cache; the block and everything after it: prefix cache) reproduces the full pass there. With
+    left padding, and Dream's shift taking the window's first logits from the position before it."""
+    model = M.load_model((llada_dir if family == "llada" else dream_dir)[0], dtype=torch.float64)
+    ids = rand_ids(3, 14, seed=6)
+    attn = torch.ones(3, 14, dtype=torch.bool)
+    attn[0, :4], attn[2, :1] = False, False
+    full = model(ids, attention_mask=attn)  # (3, 14, V)
+    for lo, hi in ((6, 10), (6, 14), (10, 14)):
+        torch.testing.assert_close(window_logits(model, ids, attn, lo, hi), full[:, lo:hi], rtol=0, atol=1e-12)
+    sel = torch.zeros(3, 14, dtype=torch.bool)
+    sel[0, 7], sel[1, 6], sel[1, 9], sel[2, 8] = True, True, True, True
+    sel_outside = sel.clone()
+    sel_outside[:, 12] = True  # columns outside the window are ignored
+    torch.testing.assert_close(window_logits(model, ids, attn, 6, 10, sel_outside), full[sel], rtol=0, atol=1e-12)
+    # the cache is what makes it an approximation: a stale cache changes the window's logits
+    past = {}
+    model(ids, attention_mask=attn, past=past)
+    changed = ids.clone()
+    changed[:, 6:10] = (ids[:, 6:10] + 1) % VOCAB
+    stale = model(changed, attention_mask=attn, past=past, window=(6, 10))
+    exact = model(changed, attention_mask=attn)[:, 6:10]
+    assert (stale - exact).abs().max() > 1e-6
+
+
+def test_window_without_a_filled_past_is_an_error():
+    model = M.load_model("tiny")
+    with pytest.raises(ValueError, match="needs `past` filled by a call on the whole canvas"):
+        model(rand_ids(2, 6, high=98), past={}, window=(2, 4))
+
+
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     ids = rand_ids(2, 8, high=98)
     grads = []
