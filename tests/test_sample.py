@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import sample as S
 from reference_sampler import _dream_top_p, dream_reference, llada_reference
 
-PAD, EOS, MASK, EOT = 0, 1, 2, 3  # special ids of the toy vocabulary
+PAD, EOS, MASK = 0, 1, 2  # special ids of the toy vocabulary (prompts use 4..)
 VOCAB = 24
 
 
@@ -238,42 +238,27 @@ def test_dream_entropy_parity(shape, temperature, top_p):
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 @pytest.mark.parametrize("remasking", ["low_confidence", "random", "entropy"])
-@pytest.mark.parametrize("eos", [dict(suppress_eos=True, eos_id=EOS),
-                                 dict(defer_eos=True, eos_id=EOS, eot_id=EOT),
-                                 dict(suppress_eos=True, defer_eos=True, eos_id=EOS, eot_id=EOT)])
-def test_eos_options_parity(temperature, remasking, eos):
+def test_suppress_eos_parity(temperature, remasking):
     model = ToyDenoiser(seed=4, eos_bias=6.0)  # EOS is a frequent candidate
     ids, attn = prompts([3, 5, 4], seed=1)
     kw = dict(gen_length=8, block_length=4, steps=4, temperature=temperature, mask_id=MASK,
-              attention_mask=attn, **eos)
+              attention_mask=attn, suppress_eos=True, eos_id=EOS)
     ours = S.generate(model, ids, remasking=remasking, generator=gen(5), **kw)
     if remasking == "entropy":
         ref = dream_reference(model, ids, generator=gen(5), **kw)
     else:
         ref = llada_reference(model, ids, remasking=remasking, generator=gen(5), **kw)
     assert torch.equal(ours, ref)
-    if eos.get("suppress_eos"):
-        assert not (ours[:, ids.shape[1]:] == EOS).any()
+    assert not (ours[:, ids.shape[1]:] == EOS).any()
 
 
-def test_eos_options_change_the_sample():
-    """With an EOS-heavy model: plain sampling reveals EOS, suppress_eos never does, defer_eos
-    reveals EOS candidates after every other position of their block."""
-    model = Recorder(ToyDenoiser(seed=4, eos_bias=6.0))
+def test_suppress_eos_changes_the_sample():
+    """With an EOS-heavy model: plain sampling reveals EOS, suppress_eos never does."""
+    model = ToyDenoiser(seed=4, eos_bias=6.0)
     ids, attn = prompts([3, 5, 4], seed=1)
     kw = dict(gen_length=8, block_length=8, steps=8, mask_id=MASK, attention_mask=attn)
-    plain = S.generate(model, ids, **kw)[:, ids.shape[1]:]
-    assert (plain == EOS).any()
+    assert (S.generate(model, ids, **kw)[:, ids.shape[1]:] == EOS).any()
     assert not (S.generate(model, ids, suppress_eos=True, eos_id=EOS, **kw) == EOS).any()
-    model.calls.clear()
-    deferred = S.generate(model, ids, defer_eos=True, eos_id=EOS, **kw)
-    # one token per step: once an EOS is revealed in a row, only EOS follow in that row
-    canvases = [c for c, _ in model.calls] + [deferred]
-    for b in range(ids.shape[0]):
-        order = [int(((prev[b] == MASK) & (nxt[b] != MASK)).nonzero()) for prev, nxt in zip(canvases, canvases[1:])]
-        revealed = [int(deferred[b, j]) for j in order]
-        first = revealed.index(EOS) if EOS in revealed else len(revealed)
-        assert all(t == EOS for t in revealed[first:])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,14 +374,12 @@ def test_single_token_sampling_follows_softmax():
     (dict(temperature=-0.5), "temperature must be a finite number >= 0"),
     (dict(temperature=float("nan")), "temperature must be a finite number >= 0"),
     (dict(remasking="topk_margin"), "remasking must be one of"),
-    (dict(mask_id=VOCAB), f"IndexError on the first canvas.*is mask_id {VOCAB}"),
     (dict(mask_id=-1), "mask_id must be a token id"),
     (dict(top_p=0.9), "top_p belongs to Dream's sampler"),
     (dict(top_p=1.5, remasking="entropy"), r"top_p must be in \(0, 1\]"),
-    (dict(suppress_eos=True), "need eos_id"),
+    (dict(suppress_eos=True), "suppress_eos needs eos_id"),
     (dict(eos_id=EOS), "eos_id alone changes nothing"),
-    (dict(eot_id=EOT, suppress_eos=True, eos_id=EOS), "eot_id is only used by defer_eos"),
-    (dict(defer_eos=True, eos_id=VOCAB + 3), f"eos_id {VOCAB + 3} is outside the model's vocabulary"),
+    (dict(suppress_eos=True, eos_id=VOCAB + 3), f"eos_id {VOCAB + 3} is outside the model's vocabulary"),
     (dict(attention_mask=torch.ones(2, 5)), "attention_mask must have the prompt's shape"),
     (dict(prompt_ids=torch.ones(2, 3)), "prompt_ids must be a .B, P. torch.long tensor"),
     (dict(prompt_ids=torch.ones(3, dtype=torch.long)), "prompt_ids must be a .B, P. torch.long tensor"),
@@ -413,8 +396,8 @@ def test_ids_outside_the_logits_vocabulary_are_named():
     kw = dict(gen_length=4, block_length=4, steps=4)
     with pytest.raises(ValueError, match=f"mask_id {VOCAB + 5} is outside the model's vocabulary of {VOCAB}"):
         S.generate(model, torch.full((2, 3), 5), mask_id=VOCAB + 5, **kw)
-    with pytest.raises(ValueError, match=f"eot_id {VOCAB} is outside the model's vocabulary of {VOCAB}"):
-        S.generate(model, torch.full((2, 3), 5), mask_id=MASK, defer_eos=True, eos_id=EOS, eot_id=VOCAB, **kw)
+    with pytest.raises(ValueError, match=f"eos_id {VOCAB} is outside the model's vocabulary of {VOCAB}"):
+        S.generate(model, torch.full((2, 3), 5), mask_id=MASK, suppress_eos=True, eos_id=VOCAB, **kw)
 
 
 def test_model_breaking_the_convention_is_named():
