@@ -8,6 +8,11 @@ Imports nothing from this project: copy it and use it with any denoiser, i.e. an
           True positions in row-major order.
 Logits are ALIGNED: position i predicts token i. A Dream-style model (position i predicts token i+1)
 needs a wrapper that shifts them: z[:, 0] = out[:, 0], z[:, i] = out[:, i - 1].
+Optionally, for the KV caches (cache="prefix" | "dual"), model(..., past=dict, window=None | (lo, hi)):
+window=None fills `past` with the keys/values of the whole canvas; window=(lo, hi) recomputes only
+positions lo..hi-1 (and lo-1 for a shifted model) against the keys/values in `past` and returns the
+logits at logits_mask[:, lo:hi]. model.py's Denoiser implements it; with a model whose forward takes
+no `past`, every cache mode runs the exact procedure.
 
     gen = torch.Generator(device=prompt_ids.device).manual_seed(0)
     canvas = generate(model, prompt_ids, gen_length=256, steps=128, block_length=32, temperature=1.0,
@@ -22,6 +27,8 @@ the k most confident; revealed tokens and the prompt never change.
     random          same                                        r ~ U[0, 1)            linear_schedule
     entropy         a draw of top_p(softmax(z / τ))            -entropy of that dist. dream_schedule
 τ = 0 takes x̂ = argmax z (no randomness for low_confidence and entropy).
+cache and threshold (Fast-dLLM's KV caches and parallel decoding, see generate) trade exactness for
+speed: they sample from another rollout policy than the one the denoiser defines.
 
 Symbols: B rows, P prompt length, L completion length, T = P + L, V vocabulary size, m masked
 positions left in the current block (the same in every row), k tokens revealed per row at a step.
@@ -34,12 +41,14 @@ therefore reproduces every token, and a CPU generator gives the same numbers on 
 Departures from the reference code (LLaDA's generate.py, Dream's generation_utils.py) are stated
 where they are made, each marked "departure".
 """
+import inspect
 import math
 
 import torch
 import torch.nn.functional as F
 
 REMASKING = ("low_confidence", "random", "entropy")
+CACHE = ("none", "prefix", "dual")
 
 # Dream's time grid t_i = linspace(1, eps, steps + 1); eps is its generation_utils default.
 DREAM_EPS = 1e-3
@@ -161,6 +170,18 @@ def top_k_positions(confidence, k):
     return torch.sort(confidence, dim=-1, descending=True, stable=True).indices[:, :k]
 
 
+def reveal_most_confident(block, x_hat, confidence, k):
+    """block (B, n) with x_hat written at the k most confident positions of each row; k is an int or,
+    under a threshold, a (B,) tensor of per-row counts."""
+    if isinstance(k, int):
+        pick = top_k_positions(confidence, k)  # (B, k)
+        return block.scatter(1, pick, x_hat.gather(1, pick))
+    pick = top_k_positions(confidence, int(k.max()))  # (B, k_max)
+    chosen = torch.arange(pick.shape[1], device=k.device) < k[:, None]  # (B, k_max) each row's first k
+    take = torch.zeros_like(block, dtype=torch.bool).scatter(1, pick, chosen)  # (B, n)
+    return torch.where(take, x_hat, block)
+
+
 def _uniform(shape, generator, device):
     """float64 uniforms in [0, 1) from `generator` (global RNG if None), drawn on its device."""
     where = device if generator is None else generator.device
@@ -199,9 +220,17 @@ def _num_blocks(gen_length, steps, block_length):
     return n
 
 
-def _selected_logits(model, x, attn, logits_mask, n, token_ids):
+def _takes_past(model):
+    """Whether the denoiser implements the KV-cache arguments of the calling convention."""
+    try:
+        return "past" in inspect.signature(getattr(model, "forward", model)).parameters
+    except (TypeError, ValueError):  # a callable without a signature (a builtin): no cache
+        return False
+
+
+def _selected_logits(model, x, attn, logits_mask, n, token_ids, **cache):
     """The model's logits (n, V) at logits_mask, held to the calling convention."""
-    logits = model(x, attention_mask=attn, logits_mask=logits_mask)
+    logits = model(x, attention_mask=attn, logits_mask=logits_mask, **cache)
     if logits.dim() == 3 and logits.shape[:2] == x.shape:
         logits = logits[logits_mask]  # a denoiser that ignores logits_mask: its full LM head ran
     if logits.dim() != 2 or logits.shape[0] != n:
@@ -218,7 +247,7 @@ def _selected_logits(model, x, attn, logits_mask, n, token_ids):
 @torch.no_grad()
 def generate(model, prompt_ids, *, gen_length, steps, block_length, mask_id, temperature=0.0,
              remasking="low_confidence", attention_mask=None, generator=None, top_p=None,
-             eos_id=None, suppress_eos=False):
+             eos_id=None, suppress_eos=False, cache="none", threshold=None):
     """Fill gen_length masked positions after each prompt; returns the canvas (B, P + gen_length) long.
 
     model          a denoiser (calling convention at the top of the file); called once per step
@@ -234,6 +263,20 @@ def generate(model, prompt_ids, *, gen_length, steps, block_length, mask_id, tem
                    the global RNG. The draw order is in the header.
     top_p          nucleus mass for remasking="entropy" (None or 1 = no filter)
     eos_id, suppress_eos  EOS logits set to -inf: EOS is never sampled (LLaDA's logits_eos_inf)
+    cache          "none": the exact procedure. "prefix" | "dual" (Fast-dLLM's KV caches; a model
+                   without `past` runs the exact procedure): each block's first step runs the whole
+                   canvas and keeps every layer's keys/values; its later steps recompute only the block
+                   and all positions after it ("prefix") or only the block ("dual"), attending to the
+                   cached keys/values of the rest. Attention is bidirectional, so those go stale as
+                   tokens are revealed: an approximation of the exact sampler, exact at each block's
+                   first step.
+    threshold      None, or a probability in (0, 1] (remasking="low_confidence"): each step also
+                   reveals every candidate whose confidence is at least threshold, and a block ends when
+                   it has no mask left (Fast-dLLM's parallel decoding). Departure from Fast-dLLM: it
+                   reveals at least one token per step and ignores `steps`; here the schedule's k (at
+                   least 1) is the floor, so `steps` bounds the forward passes. steps = gen_length is its
+                   rule. Rows then differ in their counts; candidates are drawn for each row's masked
+                   positions, row-major as in the header.
     """
     if not (isinstance(prompt_ids, torch.Tensor) and prompt_ids.dim() == 2 and prompt_ids.dtype == torch.long):
         got = f"{tuple(prompt_ids.shape)} of dtype {prompt_ids.dtype}" if isinstance(prompt_ids, torch.Tensor) else type(prompt_ids).__name__
@@ -257,6 +300,13 @@ def generate(model, prompt_ids, *, gen_length, steps, block_length, mask_id, tem
         raise ValueError("suppress_eos needs eos_id (the end-of-sequence token id)")
     if eos_id is not None and not suppress_eos:
         raise ValueError("eos_id alone changes nothing: pass suppress_eos=True (EOS is never sampled) or drop eos_id")
+    if cache not in CACHE:
+        raise ValueError(f"cache must be one of {CACHE}, got {cache!r}")
+    if threshold is not None and remasking != "low_confidence":
+        raise ValueError(f"threshold compares LLaDA's confidence softmax(z)[x̂] (remasking='low_confidence'); "
+                         f"remasking={remasking!r} has no such probability: drop threshold")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
+        raise ValueError(f"threshold must be a probability in (0, 1], got {threshold!r}")
     if generator is not None and generator.device.type not in (prompt_ids.device.type, "cpu"):
         raise ValueError(f"generator is on {generator.device} but the prompt on {prompt_ids.device}: "
                          f"use a generator on the model's device or on the CPU")
@@ -277,31 +327,46 @@ def generate(model, prompt_ids, *, gen_length, steps, block_length, mask_id, tem
     # that chose it, and a mask can then survive the last step.
     banned = torch.tensor([mask_id] + ([eos_id] if suppress_eos else []), dtype=torch.long, device=device)
     token_ids = {"mask_id": mask_id, **({"eos_id": eos_id} if suppress_eos else {})}
+    cached = cache != "none" and _takes_past(model)
+    past = {}  # the model's keys/values, refilled at each block's first step
 
     for lo in range(P, T, block_length):
         hi = lo + block_length
+        refresh = True
         for k in schedule:
-            if k == 0:
+            masked = x[:, lo:hi] == mask_id  # (B, block_length)
+            if threshold is not None:
+                if not masked.any():
+                    break  # the threshold completed the block early
+                k = max(k, 1)
+            elif k == 0:
                 # Departure: a step that reveals nothing (Dream's schedule has such steps; LLaDA's when
                 # steps per block > block_length) runs no forward pass and draws nothing; the references
                 # run the model and discard its output.
                 continue
-            masked = x[:, lo:hi] == mask_id  # (B, block_length)
             # Departure: only the current block's masked positions are candidates, and the LM head
             # runs only there; the references compute the whole canvas's logits, put -inf outside and
             # draw noise for every position. Same tokens revealed, another random stream. (The LLaDA
             # code would also treat a mask token inside the prompt as a candidate; the prompt never changes here.)
             logits_mask = torch.zeros(B, T, dtype=torch.bool, device=device)
             logits_mask[:, lo:hi] = masked  # (B, T)
-            logits = _selected_logits(model, x, attn, logits_mask, int(masked.sum()), token_ids)  # (n, V)
+            if not cached:
+                cache_args = {}
+            elif refresh:
+                cache_args, refresh = {"past": past}, False  # the whole canvas; keys/values kept
+            else:
+                cache_args = {"past": past, "window": (lo, hi if cache == "dual" else T)}
+            logits = _selected_logits(model, x, attn, logits_mask, int(masked.sum()), token_ids, **cache_args)  # (n, V)
             x_hat, confidence = candidates(logits.index_fill(-1, banned, float("-inf")), remasking,
                                            temperature, top_p, generator)  # (n,), (n,)
             # back to block columns, row-major as selected; revealed positions can never be picked
             x_hat = x[:, lo:hi].masked_scatter(masked, x_hat)  # (B, block_length)
             confidence = torch.full(masked.shape, float("-inf"), dtype=torch.float64, device=device).masked_scatter(
                 masked, confidence.to(torch.float64))  # (B, block_length)
-            pick = top_k_positions(confidence, k)  # (B, k) the same number of tokens in every row
-            block = x[:, lo:hi].scatter(1, pick, x_hat.gather(1, pick))  # (B, block_length)
+            if threshold is not None:  # per row: every candidate at least that confident, at least k
+                above = (confidence >= threshold).sum(1)  # (B,)
+                k = torch.minimum(above.clamp(min=k), masked.sum(1))  # (B,) never more than is left
+            block = reveal_most_confident(x[:, lo:hi], x_hat, confidence, k)  # (B, block_length)
             # out of place: a model that kept a reference to x must not see it change
             x = torch.cat([x[:, :lo], block, x[:, hi:]], dim=1)  # (B, T)
     return x
