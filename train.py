@@ -112,6 +112,8 @@ def parse_args(argv=None):
     g.add_argument("--diffusion_steps", type=int, help="denoising steps per completion")
     g.add_argument("--temperature", type=float, help="sampling temperature τ of rollouts")
     g.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random", "entropy"], help="order in which positions are revealed")
+    g.add_argument("--rollout_cache", default="none", choices=["none", "prefix", "dual"], help="KV cache of the rollout sampler: none = the exact sampler; prefix / dual = Fast-dLLM's caches, faster but an approximation (another rollout policy than the denoiser's)")
+    g.add_argument("--threshold", type=float, default=None, help="rollouts also reveal every candidate whose confidence softmax(z)[x] reaches this probability (Fast-dLLM's parallel decoding; --remasking low_confidence only; default: off)")
     g.add_argument("--group_size", type=int, help="G, completions per prompt")
     g.add_argument("--prompts_per_step", type=int, help="prompts per RL step, over all processes")
     g.add_argument("--rollout_batch", type=int, help="completions per chunk (a multiple of G): the unit of generation and of gradient accumulation")
@@ -386,9 +388,10 @@ def decode_completion(tok, ids):
 
 @torch.no_grad()
 def rollout(model, tok, task, examples, *, style, gen_length, block_length, steps, temperature,
-            remasking, max_prompt_len, seed, device, repeat=1, suppress_eos=False):
+            remasking, max_prompt_len, seed, device, repeat=1, suppress_eos=False, cache="none", threshold=None):
     """Generate `repeat` completions per example and score them with the task's verifier
-    (`suppress_eos`: EOS is never sampled, so every completion fills the whole canvas).
+    (`suppress_eos`: EOS is never sampled, so every completion fills the whole canvas; `cache`,
+    `threshold`: sample.generate's approximations of the exact sampler).
 
     Returns prompt ids, attention mask, completion ids (N·repeat, L), texts and rewards (N·repeat,)."""
     examples = [ex for ex in examples for _ in range(repeat)]
@@ -399,7 +402,7 @@ def rollout(model, tok, task, examples, *, style, gen_length, block_length, step
         canvas = S.generate(model, prompt_ids, gen_length=gen_length, steps=steps, block_length=block_length,
                             temperature=temperature, remasking=remasking, mask_id=tok.mask_id,
                             attention_mask=attn, generator=gen, eos_id=tok.eos_id if suppress_eos else None,
-                            suppress_eos=suppress_eos)
+                            suppress_eos=suppress_eos, cache=cache, threshold=threshold)
     x0 = canvas[:, prompt_ids.shape[1]:]
     texts = [decode_completion(tok, row) for row in x0.cpu()]
     rewards = torch.tensor([task.score(t, ex, style) for t, ex in zip(texts, examples)], dtype=torch.float32, device=device)
@@ -605,7 +608,8 @@ def rl_step(step, policy, ref, optimizer, tok, task, train, args, device, rank, 
             policy, tok, task, examples, style=prompt_style(tok), gen_length=args.gen_length,
             block_length=args.block_length, steps=args.diffusion_steps, temperature=args.temperature,
             remasking=args.remasking, max_prompt_len=args.max_prompt_len,
-            seed=seed_for(args.seed, "rollout", step, c), device=device, repeat=G)
+            seed=seed_for(args.seed, "rollout", step, c), device=device, repeat=G,
+            cache=args.rollout_cache, threshold=args.threshold)
         # 3. advantages within each group of G
         if algo.advantage == "rloo":
             adv, zero_std = L.rloo_advantages(rewards, G)
