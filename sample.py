@@ -31,7 +31,8 @@ cache and threshold (Fast-dLLM's KV caches and parallel decoding, see generate) 
 speed: they sample from another rollout policy than the one the denoiser defines.
 
 Symbols: B rows, P prompt length, L completion length, T = P + L, V vocabulary size, m masked
-positions left in the current block (the same in every row), k tokens revealed per row at a step.
+positions left in the current block (the same in every row without a threshold), k tokens revealed
+per row at a step.
 
 Random numbers all come from `generator` (the global RNG when None), float64, drawn on its device, at
 each step that runs: u (B·m, V) if τ > 0, then r (B·m,) if remasking == "random"; row b's j-th
@@ -291,22 +292,19 @@ def generate(model, prompt_ids, *, gen_length, steps, block_length, mask_id, tem
         raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
     if isinstance(mask_id, bool) or not isinstance(mask_id, int) or mask_id < 0:
         raise ValueError(f"mask_id must be a token id (int >= 0), got {mask_id!r}")
-    if top_p is not None and remasking != "entropy":
-        raise ValueError(f"top_p belongs to Dream's sampler (remasking='entropy'); LLaDA's "
-                         f"remasking={remasking!r} samples the full distribution: drop top_p")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if top_p is not None and not (remasking == "entropy" and isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p belongs to Dream's sampler (remasking='entropy') and top_p must be in (0, 1]; got "
+                         f"top_p={top_p!r} with remasking={remasking!r} (LLaDA's samples the full distribution)")
     if suppress_eos and eos_id is None:
         raise ValueError("suppress_eos needs eos_id (the end-of-sequence token id)")
     if eos_id is not None and not suppress_eos:
         raise ValueError("eos_id alone changes nothing: pass suppress_eos=True (EOS is never sampled) or drop eos_id")
     if cache not in CACHE:
         raise ValueError(f"cache must be one of {CACHE}, got {cache!r}")
-    if threshold is not None and remasking != "low_confidence":
-        raise ValueError(f"threshold compares LLaDA's confidence softmax(z)[x̂] (remasking='low_confidence'); "
-                         f"remasking={remasking!r} has no such probability: drop threshold")
-    if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
-        raise ValueError(f"threshold must be a probability in (0, 1], got {threshold!r}")
+    if threshold is not None and not (remasking == "low_confidence" and isinstance(threshold, (int, float))
+                                      and 0 < threshold <= 1):
+        raise ValueError(f"threshold compares LLaDA's confidence softmax(z)[x̂] (remasking='low_confidence'): "
+                         f"threshold must be a probability in (0, 1]; got threshold={threshold!r} with remasking={remasking!r}")
     if generator is not None and generator.device.type not in (prompt_ids.device.type, "cpu"):
         raise ValueError(f"generator is on {generator.device} but the prompt on {prompt_ids.device}: "
                          f"use a generator on the model's device or on the CPU")
