@@ -158,9 +158,10 @@ def completion_texts(tok, x0):
 
 @torch.no_grad()
 def rollout(model, tok, task, examples, *, style, gen_length, block_length, steps, temperature,
-            remasking, max_prompt_len, seed, device, repeat=1, suppress_eos=False):
+            remasking, max_prompt_len, seed, device, repeat=1, suppress_eos=False, cache="none", threshold=None):
     """`repeat` completions per example from the sampler (`suppress_eos`: EOS is never sampled, so
-    every completion fills the whole canvas).
+    every completion fills the whole canvas; `cache`, `threshold`: sample.generate's faster
+    approximations of the exact sampler).
 
     Returns prompt ids, attention mask, completion ids (N·repeat, L), and the two texts of each
     completion (`completion_texts`)."""
@@ -171,7 +172,7 @@ def rollout(model, tok, task, examples, *, style, gen_length, block_length, step
     canvas = S.generate(model, prompt_ids, gen_length=gen_length, steps=steps, block_length=block_length,
                         temperature=temperature, remasking=remasking, mask_id=tok.mask_id,
                         attention_mask=attn, generator=gen, eos_id=tok.eos_id if suppress_eos else None,
-                        suppress_eos=suppress_eos)
+                        suppress_eos=suppress_eos, cache=cache, threshold=threshold)
     x0 = canvas[:, prompt_ids.shape[1]:]
     texts, raws = completion_texts(tok, x0.cpu())
     return prompt_ids, attn, x0, texts, raws
@@ -183,7 +184,8 @@ def eval_steps(gen_length, style):
 
 
 def evaluate(model, tok, task, examples, *, gen_length, block_length, batch_size, max_prompt_len, device,
-             remasking="low_confidence", rank=0, world=1, suppress_eos=False, records=None, progress=None):
+             remasking="low_confidence", rank=0, world=1, suppress_eos=False, records=None, progress=None,
+             cache="none", threshold=None):
     """Greedy held-out scores, examples sharded over ranks (`suppress_eos`: the model must write a
     full-length answer).
 
@@ -203,7 +205,7 @@ def evaluate(model, tok, task, examples, *, gen_length, block_length, batch_size
         *_, texts, raws = rollout(model, tok, task, batch, style=style, gen_length=gen_length,
                                   block_length=block_length, steps=eval_steps(gen_length, style), temperature=0.0,
                                   remasking=remasking, max_prompt_len=max_prompt_len, seed=0, device=device,
-                                  suppress_eos=suppress_eos)
+                                  suppress_eos=suppress_eos, cache=cache, threshold=threshold)
         if progress and rank == 0:
             print(f"[eval] {progress}: batch {i // batch_size + 1}/{n_batches}", flush=True)
         for j, text, raw, ex in zip(idx, texts, raws, batch):  # (empty for a dummy batch)
@@ -245,6 +247,8 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=64, help="prompts decoded together per rank")
     p.add_argument("--max_prompt_len", type=int, default=400, help="longer prompts are an error")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated test split")
+    p.add_argument("--cache", default="none", choices=["none", "prefix", "dual"], help="KV cache of the sampler: none = the exact sampler; prefix / dual = faster approximations (Fast-dLLM)")
+    p.add_argument("--threshold", type=float, default=None, help="also reveal every candidate whose confidence reaches this probability (an approximation; default off)")
     p.add_argument("--suppress_eos", action="store_true", help="never sample EOS (LLaDA's logits_eos_inf): scores the model forced to give a full-length answer")
     p.add_argument("--out", default=None, help="JSON file for numbers, config and completions (default: next to the checkpoint, or eval-TASK.json)")
     args = p.parse_args(argv)
@@ -253,6 +257,8 @@ def parse_args(argv=None):
     for flag in ("n_eval", "block_length", "batch_size", "max_prompt_len"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.threshold is not None and not 0 < args.threshold <= 1:
+        p.error(f"--threshold must be a probability in (0, 1], got {args.threshold}")
     if args.gen_lengths and min(args.gen_lengths) < 1:
         p.error(f"--gen_lengths must be positive, got {args.gen_lengths}")
     return args
@@ -279,7 +285,8 @@ def main(argv=None):
         records = []
         summary = evaluate(model, tok, task, examples, gen_length=gen_length, block_length=min(args.block_length, gen_length),
                            batch_size=args.batch_size, max_prompt_len=args.max_prompt_len, device=device, rank=rank,
-                           world=world, suppress_eos=args.suppress_eos, records=records, progress=f"gen {gen_length}")
+                           world=world, suppress_eos=args.suppress_eos, records=records, progress=f"gen {gen_length}",
+                           cache=args.cache, threshold=args.threshold)
         if dist.is_initialized():  # collect every rank's completions on rank 0
             parts = [None] * world if rank == 0 else None
             dist.gather_object(records, parts, dst=0)

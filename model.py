@@ -4,7 +4,9 @@ tiny model, LLaDA-8B and Dream-7B, loading the hubs' own safetensors by their ow
     embed -> n_layers x [ RMSNorm -> attention (RoPE, grouped KV heads, optional q/k/v bias, no causal
     mask, key-padding mask) -> +residual ; RMSNorm -> SwiGLU -> +residual ] -> RMSNorm -> untied head
 
-Imports nothing from this project (torch, safetensors; transformers for hub tokenizers only).
+Imports nothing from this project (torch, safetensors; transformers for hub tokenizers only). The file
+reads top-down: configuration, the network, LoRA, then the hubs' layouts (config.json, weight names,
+loading, saving) and the tokenizers.
 
 How to use:
     model = load_model("tiny")                            # ~1M parameters, random init (seed=0)
@@ -20,6 +22,8 @@ How to use:
 Calling convention (shared with sample.py and loss.py):
     model(input_ids (N, T) long, attention_mask (N, T) 1 = real token or None, logits_mask (N, T) bool
     or None) -> logits (N, T, V), or (n_selected, V) of the selected positions in row-major order.
+    Two optional arguments serve sample.py's KV cache: past (a dict the model fills with keys/values)
+    and window=(lo, hi) (recompute only those positions against the cached rest); see Denoiser.forward.
 
 Architecture facts, read from the hubs' configuration and modeling files (GSAI-ML/LLaDA-8B-Instruct,
 Dream-org/Dream-v0-Instruct-7B):
@@ -116,6 +120,295 @@ CONFIGS = {
                             mlp_hidden=18944, norm_eps=1e-6, rope_theta=1000000.0, qkv_bias=True,
                             mask_id=151666, eos_id=151643, pad_id=151643, max_seq_len=131072),
 }
+
+
+# ----------------------------------------------------------------------------------------------
+# The network
+
+class RMSNorm(nn.Module):
+    """y = w · x / sqrt(mean(x²) + eps); normalised in (at least) float32 and cast back before the weight,
+    as both hubs do."""
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_cos_sin(positions, head_dim, theta):
+    """cos, sin of RoPE angles pos · θ^(-2j/d), j < d/2, each repeated for both halves: (N, T, d) float32."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float) / head_dim))
+    angles = positions.float()[..., None] * inv_freq  # (N, T, d/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (N, T, d)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin, full_precision):
+    """Rotate-half RoPE: x·cos + rot(x)·sin with rot(x1, x2) = (-x2, x1).
+
+    Precision follows each hub: full_precision (LLaDA's rope_full_precision) rotates in (at least)
+    float32 and casts back; otherwise (Dream/Qwen2) cos and sin are cast to x's dtype and the rotation
+    runs in it. In float32 the two agree; in bf16 they differ by about one bf16 ulp."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32)) if full_precision else x  # (N, H, T, d)
+    x1, x2 = xf.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    cos, sin = cos[:, None].to(xf.dtype), sin[:, None].to(xf.dtype)  # (N|1, 1, T, d)
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: bidirectional attention and SwiGLU, each added to the residual stream.
+
+    Internal names (q_proj ... down_proj) are mapped to each hub's names by `hub_names`."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        d, hd = cfg.d_model, cfg.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, hd
+        self.rope_fp32 = cfg.family == "llada"  # LLaDA rotates in float32, Dream in the activation dtype
+        self.attn_norm = RMSNorm(d, cfg.norm_eps)
+        self.q_proj = nn.Linear(d, cfg.n_heads * hd, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(d, cfg.n_kv_heads * hd, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(d, cfg.n_kv_heads * hd, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.n_heads * hd, d, bias=False)
+        self.mlp_norm = RMSNorm(d, cfg.norm_eps)
+        self.gate_proj = nn.Linear(d, cfg.mlp_hidden, bias=False)
+        self.up_proj = nn.Linear(d, cfg.mlp_hidden, bias=False)
+        self.down_proj = nn.Linear(cfg.mlp_hidden, d, bias=False)
+
+    def forward(self, h, cos, sin, key_mask, kv=None, start=None):
+        """h (N, w, D) -> (N, w, D). Without `kv`, w = T: the whole canvas.
+
+        kv (a dict) makes the block keep keys and values for the sampler's cache (sample.py):
+        start None -> the w = T positions' keys/values are stored in kv; start s -> h holds positions
+        s .. s+w-1 only, whose fresh keys/values overwrite their slots in kv, and the queries attend
+        to all T slots (the rest as cached: the approximation a KV cache makes in a bidirectional model)."""
+        N, w, _ = h.shape
+        x = self.attn_norm(h)
+        q = self.q_proj(x).view(N, w, self.n_heads, self.head_dim).transpose(1, 2)  # (N, H, w, d)
+        k = self.k_proj(x).view(N, w, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (N, Hkv, w, d)
+        v = self.v_proj(x).view(N, w, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (N, Hkv, w, d)
+        q, k = apply_rope(q, cos, sin, self.rope_fp32), apply_rope(k, cos, sin, self.rope_fp32)
+        if kv is not None:
+            if start is None:
+                kv["k"], kv["v"] = k, v  # (N, Hkv, T, d) each, keys already rotated
+            else:
+                kv["k"][:, :, start:start + w], kv["v"][:, :, start:start + w] = k, v
+                k, v = kv["k"], kv["v"]  # (N, Hkv, T, d)
+        if self.n_kv_heads != self.n_heads:
+            # grouped KV heads: KV head j serves query heads j·g .. j·g+g-1 (g = H / Hkv), as in both hubs;
+            # expanding (rather than SDPA's enable_gqa) keeps every SDPA kernel available with a mask
+            g = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)  # (N, H, T, d)
+        # no causal mask: every position attends to every real (unpadded) position
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (N, H, w, d)
+        h = h + self.o_proj(att.transpose(1, 2).reshape(N, w, -1))
+        x = self.mlp_norm(h)
+        return h + self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Denoiser(nn.Module):
+    """The masked-diffusion denoiser: token ids -> aligned logits (position i predicts token i).
+
+    `.blocks` is an nn.ModuleList (FSDP2 shards each block); set `.gradient_checkpointing = True` to
+    recompute each block's activations in the backward pass instead of storing them."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        # Dream's hub embedding has padding_idx = pad id: that row receives no gradient
+        padding_idx = config.pad_id if config.family == "dream" else None
+        self.embed = nn.Embedding(config.vocab_size, config.d_model, padding_idx=padding_idx)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.gradient_checkpointing = False
+
+    def forward(self, input_ids, attention_mask=None, logits_mask=None, past=None, window=None):
+        """Logits (N, T, V), or (n_selected, V) at the True positions of logits_mask, in row-major order.
+
+        past, window: the sampler's KV cache (sample.py's calling convention). `past` is a dict the
+        model owns: a call with window=None stores every layer's keys/values of the canvas in it; a call
+        with window=(lo, hi) recomputes only positions lo..hi-1 (lo-1..hi-1 for Dream, whose logits at
+        lo come from position lo-1) against the cached keys/values of the rest, and returns the logits
+        selected by logits_mask[:, lo:hi] (its other columns are ignored; None = all of the window)."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (N, T), got shape {tuple(input_ids.shape)}")
+        N, T = input_ids.shape
+        for name, m in (("attention_mask", attention_mask), ("logits_mask", logits_mask)):
+            if m is not None and m.shape != (N, T):
+                raise ValueError(f"{name} must have the shape of input_ids {(N, T)}, got {tuple(m.shape)}")
+        if window is not None and len(past or ()) != len(self.blocks):
+            raise ValueError("a window call needs `past` filled by a call on the whole canvas (window=None) first")
+        if attention_mask is None:
+            positions = torch.arange(T, device=input_ids.device)[None]  # (1, T)
+            key_mask = None
+        else:
+            attention_mask = attention_mask.bool()
+            # an all-padding row would attend to nothing (NaN); one host sync, cheap next to the forward
+            if not bool(attention_mask.any(dim=1).all()):
+                raise ValueError("a row of attention_mask has no real token (all padding): drop that row")
+            # positions count from each row's first real token (departure 2); padding keys are masked
+            positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (N, T)
+            key_mask = attention_mask[:, None, None, :]  # (N, 1, 1, T) True = may be attended to
+        lo, hi = (0, T) if window is None else window
+        start = max(lo - 1, 0) if self.config.family == "dream" else lo  # first position computed
+        cos, sin = rope_cos_sin(positions[:, start:hi], self.config.head_dim, self.config.rope_theta)  # (N|1, w, d)
+        h = self.embed(input_ids[:, start:hi])  # (N, w, D)
+        for i, block in enumerate(self.blocks):
+            if past is not None:
+                h = block(h, cos, sin, key_mask, kv=past.setdefault(i, {}), start=None if window is None else start)
+            elif self.gradient_checkpointing and torch.is_grad_enabled():
+                h = checkpoint(block, h, cos, sin, key_mask, use_reentrant=False)
+            else:
+                h = block(h, cos, sin, key_mask)
+        if self.config.family == "dream":
+            h = _align_dream(h)[:, lo - start:]  # (N, hi - lo, D)
+        if logits_mask is not None:
+            h = h[logits_mask[:, lo:hi].bool()]  # (n, D): the norm and the vocabulary-sized head run only here
+        return self.head(self.norm(h))  # (N, T, V) or (n, V)
+
+
+def _align_dream(h):
+    """Undo Dream's shift — the one place it happens. Dream's output at position j predicts token j+1,
+    so the aligned output at position i is the one computed at i-1:  aligned_i = out_{i-1}, i ≥ 1.
+    Position 0 has no predecessor and keeps its own output, as Dream's sampler does; it is always a
+    prompt token (never masked, never scored). Shifting the hidden states before the position-wise norm
+    and head equals shifting the logits, and lets logits_mask select before the head."""
+    return torch.cat([h[:, :1], h[:, :-1]], dim=1)  # (N, T, D)
+
+
+def init_weights(model, seed=0):
+    """Random init of a fresh model: N(0, 0.02) for embeddings and projections, zero biases, unit norms.
+    A dedicated generator makes the weights a function of `seed` alone."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# LoRA
+
+# Default targets per family, by the hub's projection names, and their internal names.
+LORA_TARGETS = {
+    "llada": {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "attn_out": "o_proj",
+              "ff_proj": "gate_proj", "up_proj": "up_proj", "ff_out": "down_proj"},
+    "dream": {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj",
+              "gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"},
+}
+
+
+class LoRALinear(nn.Module):
+    """y = base(x) + (α/r) · B A dropout(x), with A (r, in), B (out, r) = 0 at init, so the adapted model
+    starts exactly at the base. Adapters are float32 whatever the base dtype (bf16 would round away
+    small optimizer updates); the input is cast to their dtype and the update back to the output's."""
+
+    def __init__(self, base, rank, alpha, dropout=0.0):
+        super().__init__()
+        self.base = base
+        self.scale = alpha / rank
+        self.lora_A = nn.Linear(base.in_features, rank, bias=False, device=base.weight.device, dtype=torch.float32)
+        self.lora_B = nn.Linear(rank, base.out_features, bias=False, device=base.weight.device, dtype=torch.float32)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # nn.Linear's default (global RNG)
+        nn.init.zeros_(self.lora_B.weight)
+        self.dropout = nn.Dropout(dropout)
+        self.enabled = True  # False = the base weights alone (the reference policy)
+
+    def forward(self, x):
+        y = self.base(x)
+        if not self.enabled:
+            return y
+        dx = self.lora_B(self.lora_A(self.dropout(x).to(self.lora_A.weight.dtype)))
+        return y + (self.scale * dx).to(y.dtype)
+
+    def delta_weight(self):
+        """(α/r) · B A in float32: the change of the base weight the adapter makes."""
+        return self.scale * (self.lora_B.weight.float() @ self.lora_A.weight.float())
+
+
+def _lora_modules(model):
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+def add_lora(model, rank, alpha, dropout=0.0, targets=None):
+    """Wrap the target projections of every block in LoRA adapters and freeze everything else.
+
+    targets: hub projection names of the model's family (default: all seven, LORA_TARGETS).
+    Returns the list of the new trainable parameters."""
+    if rank <= 0:
+        raise ValueError(f"LoRA rank must be positive, got {rank}")
+    if _lora_modules(model):
+        raise ValueError("the model already has LoRA adapters; reload the model before adding new ones")
+    table = LORA_TARGETS[model.config.family]
+    targets = list(table) if targets is None else list(targets)
+    unknown = [t for t in targets if t not in table]
+    if unknown:
+        raise ValueError(f"unknown LoRA target(s) {unknown} for the {model.config.family} layout; choose from {list(table)}")
+    model.requires_grad_(False)
+    params = []
+    for block in model.blocks:
+        for t in targets:
+            wrapped = LoRALinear(getattr(block, table[t]), rank, alpha, dropout)
+            setattr(block, table[t], wrapped)
+            params += [wrapped.lora_A.weight, wrapped.lora_B.weight]
+    return params
+
+
+@contextlib.contextmanager
+def lora_disabled(model):
+    """Run the base weights (adapters switched off) inside the `with` statement: GDSD's reference policy."""
+    mods = [m for _, m in _lora_modules(model)]
+    if not mods:
+        raise ValueError("the model has no LoRA adapters: switching them off would leave the trained weights "
+                         "in place, not the reference; keep a frozen copy of the initial model instead")
+    before = [m.enabled for m in mods]
+    for m in mods:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m, e in zip(mods, before):
+            m.enabled = e
+
+
+def _merged_state(model):
+    """Internal-name state of the plain model, with each adapter's delta added to its base weight."""
+    state = {}
+    loras = dict(_lora_modules(model))
+    for name, t in model.state_dict().items():
+        if ".lora_A." in name or ".lora_B." in name:
+            continue
+        if ".base." in name:  # a wrapped projection: blocks.i.q_proj.base.weight -> blocks.i.q_proj.weight
+            owner, _, leaf = name.rpartition(".base.")
+            if leaf == "weight":
+                t = (t.float() + loras[owner].delta_weight().to(t.device)).to(t.dtype)
+            name = f"{owner}.{leaf}"
+        state[name] = t
+    return state
+
+
+def lora_state_dict(model):
+    """{parameter name: tensor} of the adapters only (names as in model.state_dict())."""
+    state = {n: t.detach() for n, t in model.state_dict().items() if ".lora_A." in n or ".lora_B." in n}
+    if not state:
+        raise ValueError("the model has no LoRA adapters")
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
+# Hub layouts: config.json translation
 
 # Hub config.json options this implementation does not model: the values it accepts for each (an
 # absent field means the hub's default, which is accepted).
@@ -225,158 +518,6 @@ def config_to_hub(cfg, base=None, dtype=None):
     if cfg.char_tokenizer:
         hub[_CHAR_MARKER] = True
     return hub
-
-
-# ----------------------------------------------------------------------------------------------
-# The network
-
-class RMSNorm(nn.Module):
-    """y = w · x / sqrt(mean(x²) + eps); normalised in (at least) float32 and cast back before the weight,
-    as both hubs do."""
-
-    def __init__(self, dim, eps):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
-
-
-def rope_cos_sin(positions, head_dim, theta):
-    """cos, sin of RoPE angles pos · θ^(-2j/d), j < d/2, each repeated for both halves: (N, T, d) float32."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float) / head_dim))
-    angles = positions.float()[..., None] * inv_freq  # (N, T, d/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (N, T, d)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x, cos, sin, full_precision):
-    """Rotate-half RoPE: x·cos + rot(x)·sin with rot(x1, x2) = (-x2, x1).
-
-    Precision follows each hub: full_precision (LLaDA's rope_full_precision) rotates in (at least)
-    float32 and casts back; otherwise (Dream/Qwen2) cos and sin are cast to x's dtype and the rotation
-    runs in it. In float32 the two agree; in bf16 they differ by about one bf16 ulp."""
-    xf = x.to(torch.promote_types(x.dtype, torch.float32)) if full_precision else x  # (N, H, T, d)
-    x1, x2 = xf.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    cos, sin = cos[:, None].to(xf.dtype), sin[:, None].to(xf.dtype)  # (N|1, 1, T, d)
-    return (xf * cos + rotated * sin).to(x.dtype)
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: bidirectional attention and SwiGLU, each added to the residual stream.
-
-    Internal names (q_proj ... down_proj) are mapped to each hub's names by `hub_names`."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        d, hd = cfg.d_model, cfg.head_dim
-        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, hd
-        self.rope_fp32 = cfg.family == "llada"  # LLaDA rotates in float32, Dream in the activation dtype
-        self.attn_norm = RMSNorm(d, cfg.norm_eps)
-        self.q_proj = nn.Linear(d, cfg.n_heads * hd, bias=cfg.qkv_bias)
-        self.k_proj = nn.Linear(d, cfg.n_kv_heads * hd, bias=cfg.qkv_bias)
-        self.v_proj = nn.Linear(d, cfg.n_kv_heads * hd, bias=cfg.qkv_bias)
-        self.o_proj = nn.Linear(cfg.n_heads * hd, d, bias=False)
-        self.mlp_norm = RMSNorm(d, cfg.norm_eps)
-        self.gate_proj = nn.Linear(d, cfg.mlp_hidden, bias=False)
-        self.up_proj = nn.Linear(d, cfg.mlp_hidden, bias=False)
-        self.down_proj = nn.Linear(cfg.mlp_hidden, d, bias=False)
-
-    def forward(self, h, cos, sin, key_mask):
-        N, T, _ = h.shape
-        x = self.attn_norm(h)
-        q = self.q_proj(x).view(N, T, self.n_heads, self.head_dim).transpose(1, 2)  # (N, H, T, d)
-        k = self.k_proj(x).view(N, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (N, Hkv, T, d)
-        v = self.v_proj(x).view(N, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (N, Hkv, T, d)
-        q, k = apply_rope(q, cos, sin, self.rope_fp32), apply_rope(k, cos, sin, self.rope_fp32)
-        if self.n_kv_heads != self.n_heads:
-            # grouped KV heads: KV head j serves query heads j·g .. j·g+g-1 (g = H / Hkv), as in both hubs;
-            # expanding (rather than SDPA's enable_gqa) keeps every SDPA kernel available with a mask
-            g = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)  # (N, H, T, d)
-        # no causal mask: every position attends to every real (unpadded) position
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (N, H, T, d)
-        h = h + self.o_proj(att.transpose(1, 2).reshape(N, T, -1))
-        x = self.mlp_norm(h)
-        return h + self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-class Denoiser(nn.Module):
-    """The masked-diffusion denoiser: token ids -> aligned logits (position i predicts token i).
-
-    `.blocks` is an nn.ModuleList (FSDP2 shards each block); set `.gradient_checkpointing = True` to
-    recompute each block's activations in the backward pass instead of storing them."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        # Dream's hub embedding has padding_idx = pad id: that row receives no gradient
-        padding_idx = config.pad_id if config.family == "dream" else None
-        self.embed = nn.Embedding(config.vocab_size, config.d_model, padding_idx=padding_idx)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
-        self.norm = RMSNorm(config.d_model, config.norm_eps)
-        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.gradient_checkpointing = False
-
-    def forward(self, input_ids, attention_mask=None, logits_mask=None):
-        """Logits (N, T, V), or (n_selected, V) at the True positions of logits_mask, in row-major order."""
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (N, T), got shape {tuple(input_ids.shape)}")
-        N, T = input_ids.shape
-        for name, m in (("attention_mask", attention_mask), ("logits_mask", logits_mask)):
-            if m is not None and m.shape != (N, T):
-                raise ValueError(f"{name} must have the shape of input_ids {(N, T)}, got {tuple(m.shape)}")
-        if attention_mask is None:
-            positions = torch.arange(T, device=input_ids.device)[None]  # (1, T)
-            key_mask = None
-        else:
-            attention_mask = attention_mask.bool()
-            # an all-padding row would attend to nothing (NaN); one host sync, cheap next to the forward
-            if not bool(attention_mask.any(dim=1).all()):
-                raise ValueError("a row of attention_mask has no real token (all padding): drop that row")
-            # positions count from each row's first real token (departure 2); padding keys are masked
-            positions = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # (N, T)
-            key_mask = attention_mask[:, None, None, :]  # (N, 1, 1, T) True = may be attended to
-        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)  # (N|1, T, d)
-        h = self.embed(input_ids)  # (N, T, D)
-        for block in self.blocks:
-            if self.gradient_checkpointing and torch.is_grad_enabled():
-                h = checkpoint(block, h, cos, sin, key_mask, use_reentrant=False)
-            else:
-                h = block(h, cos, sin, key_mask)
-        if self.config.family == "dream":
-            h = _align_dream(h)
-        if logits_mask is not None:
-            h = h[logits_mask.bool()]  # (n, D): the norm and the vocabulary-sized head run only here
-        return self.head(self.norm(h))  # (N, T, V) or (n, V)
-
-
-def _align_dream(h):
-    """Undo Dream's shift — the one place it happens. Dream's output at position j predicts token j+1,
-    so the aligned output at position i is the one computed at i-1:  aligned_i = out_{i-1}, i ≥ 1.
-    Position 0 has no predecessor and keeps its own output, as Dream's sampler does; it is always a
-    prompt token (never masked, never scored). Shifting the hidden states before the position-wise norm
-    and head equals shifting the logits, and lets logits_mask select before the head."""
-    return torch.cat([h[:, :1], h[:, :-1]], dim=1)  # (N, T, D)
-
-
-def init_weights(model, seed=0):
-    """Random init of a fresh model: N(0, 0.02) for embeddings and projections, zero biases, unit norms.
-    A dedicated generator makes the weights a function of `seed` alone."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.fill_(1.0)
-            elif name.endswith(".bias"):
-                p.zero_()
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    return model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -619,136 +760,3 @@ def load_tokenizer(name_or_path):
             hf.chat_template = f.read()
     return HubTokenizer(hf, cfg.mask_id, cfg.eos_id, cfg.pad_id, cfg.vocab_size)
 
-
-# ----------------------------------------------------------------------------------------------
-# LoRA
-
-# Default targets per family, by the hub's projection names, and their internal names.
-LORA_TARGETS = {
-    "llada": {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "attn_out": "o_proj",
-              "ff_proj": "gate_proj", "up_proj": "up_proj", "ff_out": "down_proj"},
-    "dream": {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "o_proj",
-              "gate_proj": "gate_proj", "up_proj": "up_proj", "down_proj": "down_proj"},
-}
-
-
-class LoRALinear(nn.Module):
-    """y = base(x) + (α/r) · B A dropout(x), with A (r, in), B (out, r) = 0 at init, so the adapted model
-    starts exactly at the base. Adapters are float32 whatever the base dtype (bf16 would round away
-    small optimizer updates); the input is cast to their dtype and the update back to the output's."""
-
-    def __init__(self, base, rank, alpha, dropout=0.0):
-        super().__init__()
-        self.base = base
-        self.scale = alpha / rank
-        self.lora_A = nn.Linear(base.in_features, rank, bias=False, device=base.weight.device, dtype=torch.float32)
-        self.lora_B = nn.Linear(rank, base.out_features, bias=False, device=base.weight.device, dtype=torch.float32)
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))  # nn.Linear's default (global RNG)
-        nn.init.zeros_(self.lora_B.weight)
-        self.dropout = nn.Dropout(dropout)
-        self.enabled = True  # False = the base weights alone (the reference policy)
-
-    def forward(self, x):
-        y = self.base(x)
-        if not self.enabled:
-            return y
-        dx = self.lora_B(self.lora_A(self.dropout(x).to(self.lora_A.weight.dtype)))
-        return y + (self.scale * dx).to(y.dtype)
-
-    def delta_weight(self):
-        """(α/r) · B A in float32: the change of the base weight the adapter makes."""
-        return self.scale * (self.lora_B.weight.float() @ self.lora_A.weight.float())
-
-
-def _lora_modules(model):
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
-
-
-def add_lora(model, rank, alpha, dropout=0.0, targets=None):
-    """Wrap the target projections of every block in LoRA adapters and freeze everything else.
-
-    targets: hub projection names of the model's family (default: all seven, LORA_TARGETS).
-    Returns the list of the new trainable parameters."""
-    if rank <= 0:
-        raise ValueError(f"LoRA rank must be positive, got {rank}")
-    if _lora_modules(model):
-        raise ValueError("the model already has LoRA adapters; merge_lora or reload it before adding new ones")
-    table = LORA_TARGETS[model.config.family]
-    targets = list(table) if targets is None else list(targets)
-    unknown = [t for t in targets if t not in table]
-    if unknown:
-        raise ValueError(f"unknown LoRA target(s) {unknown} for the {model.config.family} layout; choose from {list(table)}")
-    model.requires_grad_(False)
-    params = []
-    for block in model.blocks:
-        for t in targets:
-            wrapped = LoRALinear(getattr(block, table[t]), rank, alpha, dropout)
-            setattr(block, table[t], wrapped)
-            params += [wrapped.lora_A.weight, wrapped.lora_B.weight]
-    return params
-
-
-@contextlib.contextmanager
-def lora_disabled(model):
-    """Run the base weights (adapters switched off) inside the `with` statement: GDSD's reference policy."""
-    mods = [m for _, m in _lora_modules(model)]
-    if not mods:
-        raise ValueError("the model has no LoRA adapters: switching them off would leave the trained weights "
-                         "in place, not the reference; keep a frozen copy of the initial model instead")
-    before = [m.enabled for m in mods]
-    for m in mods:
-        m.enabled = False
-    try:
-        yield model
-    finally:
-        for m, e in zip(mods, before):
-            m.enabled = e
-
-
-def merge_lora(model):
-    """Fold every adapter into its base weight (W += (α/r)·B·A) and drop the adapters, in place."""
-    with torch.no_grad():
-        for name, m in _lora_modules(model):
-            m.base.weight.copy_((m.base.weight.float() + m.delta_weight()).to(m.base.weight.dtype))
-            parent = model.get_submodule(name.rsplit(".", 1)[0])
-            setattr(parent, name.rsplit(".", 1)[1], m.base)
-    return model
-
-
-def _merged_state(model):
-    """Internal-name state of the plain model, with each adapter's delta added to its base weight."""
-    state = {}
-    loras = dict(_lora_modules(model))
-    for name, t in model.state_dict().items():
-        if ".lora_A." in name or ".lora_B." in name:
-            continue
-        if ".base." in name:  # a wrapped projection: blocks.i.q_proj.base.weight -> blocks.i.q_proj.weight
-            owner, _, leaf = name.rpartition(".base.")
-            if leaf == "weight":
-                t = (t.float() + loras[owner].delta_weight().to(t.device)).to(t.dtype)
-            name = f"{owner}.{leaf}"
-        state[name] = t
-    return state
-
-
-def lora_state_dict(model):
-    """{parameter name: tensor} of the adapters only (names as in model.state_dict())."""
-    state = {n: t.detach() for n, t in model.state_dict().items() if ".lora_A." in n or ".lora_B." in n}
-    if not state:
-        raise ValueError("the model has no LoRA adapters")
-    return state
-
-
-def load_lora_state_dict(model, state):
-    """Copy adapter tensors (from lora_state_dict) into a model with the same adapters."""
-    own = lora_state_dict(model)
-    missing, unexpected = set(own) - set(state), set(state) - set(own)
-    if missing or unexpected:
-        parts = [_list_problem(k, v) for k, v in (("missing", missing), ("unexpected", unexpected)) if v]
-        raise ValueError("LoRA state does not match the model's adapters (same rank and targets?): " + "; ".join(parts))
-    bad = [n for n in own if own[n].shape != state[n].shape]
-    if bad:
-        raise ValueError(_list_problem("adapter tensor(s) with a wrong shape (different rank?)", bad))
-    with torch.no_grad():
-        for n, t in own.items():
-            t.copy_(state[n])

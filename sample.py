@@ -1,89 +1,55 @@
-"""sample.py — the samplers of masked diffusion LLMs: LLaDA's low-confidence (and random) remasking
-and Dream's entropy order, batched over rows, reproducible from a torch.Generator.
+"""sample.py — the samplers of masked diffusion LLMs, batched and seeded: LLaDA's low-confidence (and
+random) remasking, by semi-autoregressive blocks, and Dream's entropy order. GDSD (arXiv 2605.29398)
+trains on rollouts of exactly these procedures.
 
-Paper: GDSD (arXiv 2605.29398) trains on rollouts of exactly these procedures.
-Imports nothing from this project: copy the file into another repository and use it with any
-denoiser, i.e. any callable
-
-    model(input_ids, attention_mask=None, logits_mask=None)
-        input_ids (N, T) long; attention_mask (N, T), 1 = real token (left padding 0), or None;
-        logits_mask None -> logits (N, T, V); logits_mask (N, T) bool -> logits (n_selected, V) of
-        the selected positions in row-major order. Logits are ALIGNED: position i predicts token i,
-        so the sampler never shifts (Dream's shift is undone by the model or by the wrapper below).
-
-A Hugging Face style model plugs in with a 3-line wrapper (`shift=True` for Dream-style models,
-whose position i predicts token i+1):
-
-    def as_denoiser(hf_model, shift=False):
-        def denoiser(ids, attention_mask=None, logits_mask=None):
-            z = hf_model(ids, attention_mask=attention_mask).logits                # (N, T, V)
-            z = torch.cat([z[:, :1], z[:, :-1]], dim=1) if shift else z            # aligned
-            return z if logits_mask is None else z[logits_mask]                    # (n, V)
-        return denoiser
-
-How to use (call model.eval() first if it has dropout):
+Imports nothing from this project: copy it and use it with any denoiser, i.e. any callable
+    model(input_ids (N, T) long, attention_mask=None | (N, T) 1 = real token, 0 = left padding,
+          logits_mask=None | (N, T) bool) -> logits (N, T, V), or (n_selected, V) at logits_mask's
+          True positions in row-major order.
+Logits are ALIGNED: position i predicts token i. A Dream-style model (position i predicts token i+1)
+needs a wrapper that shifts them: z[:, 0] = out[:, 0], z[:, i] = out[:, i - 1].
+Optionally, for the KV caches (cache="prefix" | "dual"), model(..., past=dict, window=None | (lo, hi)):
+window=None fills `past` with the keys/values of the whole canvas; window=(lo, hi) recomputes only
+positions lo..hi-1 (and lo-1 for a shifted model) against the keys/values in `past` and returns the
+logits at logits_mask[:, lo:hi]. model.py's Denoiser implements it; with a model whose forward takes
+no `past`, every cache mode runs the exact procedure.
 
     gen = torch.Generator(device=prompt_ids.device).manual_seed(0)
     canvas = generate(model, prompt_ids, gen_length=256, steps=128, block_length=32, temperature=1.0,
                       mask_id=tok.mask_id, attention_mask=attn, generator=gen)   # (B, P + 256)
-    completions = canvas[:, prompt_ids.shape[1]:]
 
-The procedure (one canvas per row: the prompt, then gen_length mask tokens)
-    The completion is cut into blocks of block_length, decoded left to right; steps // num_blocks
-    denoising steps per block. Each step runs the model once, proposes a candidate token x̂ for
-    every still-masked position of the current block, scores it (its confidence) and reveals the
-    k most confident, k from the step's schedule. Revealed tokens and the prompt never change.
-      remasking       candidate x̂                              confidence             schedule k
-      low_confidence  argmax exp(z) / (-log u)^τ  (Gumbel-max)  softmax(z)[x̂]          even split
-      random          same                                       r ~ U[0, 1)            even split
-      entropy         sample of top_p(softmax(z / τ))           -entropy of that dist.  Dream's
-    τ = 0 takes x̂ = argmax z (no randomness at all for low_confidence and entropy).
+The procedure. The canvas is the prompt followed by L = gen_length mask tokens, decoded in blocks of
+block_length, left to right, steps / num_blocks steps per block. A step runs the model once, proposes
+a candidate x̂ for every still-masked position of the block, scores it (its confidence) and reveals
+the k most confident; revealed tokens and the prompt never change.
+    remasking       candidate x̂                               confidence             k per step
+    low_confidence  argmax exp(z) / (-log u)^τ  (Gumbel-max)   softmax(z)[x̂]          linear_schedule
+    random          same                                        r ~ U[0, 1)            linear_schedule
+    entropy         a draw of top_p(softmax(z / τ))            -entropy of that dist. dream_schedule
+τ = 0 takes x̂ = argmax z (no randomness for low_confidence and entropy).
+cache and threshold (Fast-dLLM's KV caches and parallel decoding, see generate) trade exactness for
+speed: they sample from another rollout policy than the one the denoiser defines.
 
-Random numbers. Every draw comes from `generator` (the global RNG when None), in float64, on the
-generator's device (then moved to the logits' device), in this order at each step that runs:
-    u (B, m, V) float64 uniforms   if τ > 0          (the Gumbel / categorical draw)
-    r (B, m)    float64 uniforms   if remasking == "random"
-where m is the number of still-masked positions of the current block (equal in every row: all rows
-follow the same schedule) and u[b, j] belongs to the j-th masked position of row b, left to right.
-So a seeded batch is reproducible, rows draw different numbers, and a plain per-row loop
-(tests/reference_sampler.py) reproduces every token. A CPU generator gives the same numbers on
-every device; a generator on the model's device avoids copying u every step.
+Symbols: B rows, P prompt length, L completion length, T = P + L, V vocabulary size, m masked
+positions left in the current block (the same in every row without a threshold), k tokens revealed
+per row at a step.
 
-Departures from the reference code (LLaDA generate.py; Dream generation_utils.py), each repeated
-where it is made:
- 1. [generate] Only the current block's masked positions are candidates and the LM head runs only
-    there (logits_mask); the references compute the whole canvas's logits and put -inf outside.
-    The tokens revealed are the same. (The LLaDA code would also treat a mask token inside the
-    prompt as a candidate; here the prompt is never changed.)
- 2. [generate] Random numbers are drawn for the candidate positions only, in the fixed order above;
-    the references draw noise for the whole canvas (and Dream samples through torch.multinomial).
-    Same distributions, different streams: a seed does not reproduce the references' samples.
- 3. [top_k_positions] Ties in confidence go to the leftmost position; torch.topk, used by both
-    references, leaves the order of ties unspecified.
- 4. [candidate_confidence] The softmax of the confidence is computed in float64 (LLaDA's first
-    release; its current code uses the model's dtype, where bf16 ties are common).
- 5. [entropy_candidates] Dream's categorical draw is a float64 Gumbel-max over the tempered, top-p
-    filtered logits (the same distribution as its torch.multinomial draw); entropy in float64.
-    Dream's alg_temp (random position order) and top_k are not implemented.
- 6. [generate] A step whose schedule reveals nothing (Dream's schedule has such steps; LLaDA's when
-    steps per block > block_length) is skipped: no forward pass, no random draw. The references run
-    the model and discard its output.
- 7. [generate] With remasking="entropy" and block_length < gen_length, Dream's schedule and order
-    are applied block by block (a semi-autoregressive extension); block_length == gen_length is
-    Dream's procedure.
- 8. [generate] defer_eos implements what LLaDA's confidence_eos_eot_inf describes (EOS / EoT
-    candidates are revealed last); its code as written changes the EoT logit instead, and, at τ = 0
-    only, the EOS logit too (its noise helper returns the logits tensor itself there).
- 9. [generate] The mask token is never a candidate: its logit is set to -inf before sampling and
-    before the confidence. In the references a sampled mask token leaves its position masked after
-    the step that chose it, and a mask can then survive the last step.
+Random numbers all come from `generator` (the global RNG when None), float64, drawn on its device, at
+each step that runs: u (B·m, V) if τ > 0, then r (B·m,) if remasking == "random"; row b's j-th
+masked position (left to right) takes row b·m + j. A plain per-row loop (tests/reference_sampler.py)
+therefore reproduces every token, and a CPU generator gives the same numbers on every device.
+
+Departures from the reference code (LLaDA's generate.py, Dream's generation_utils.py) are stated
+where they are made, each marked "departure".
 """
+import inspect
 import math
 
 import torch
 import torch.nn.functional as F
 
 REMASKING = ("low_confidence", "random", "entropy")
+CACHE = ("none", "prefix", "dual")
 
 # Dream's time grid t_i = linspace(1, eps, steps + 1); eps is its generation_utils default.
 DREAM_EPS = 1e-3
@@ -125,15 +91,14 @@ def dream_schedule(num_masked, steps, eps=DREAM_EPS):
 
 
 # ----------------------------------------------------------------------------------------------
-# Candidate tokens and their confidence.
+# Candidate tokens and their confidence. logits (..., V) -> (...), one entry per masked position.
 
 def gumbel_argmax(logits, u, temperature):
     """x̂ = argmax_v exp(z_v) / (-log u_v)^τ: a sample of softmax(z / τ) (LLaDA's Gumbel-max).
 
     Equivalent to argmax z_v/τ + g_v with Gumbel noise g = -log(-log u). In float64, as LLaDA
     (arXiv:2409.02908: low-precision Gumbel-max truncates the noise and lowers the effective
-    temperature). float64 exp overflows only for logits above 709.
-    logits (..., V), u (..., V) uniforms in [0, 1) -> (...) long.
+    temperature). float64 exp overflows only for logits above 709. u (..., V) uniforms in [0, 1).
     """
     noise = torch.log(u).neg_()  # (..., V) -log u
     if temperature != 1:
@@ -145,7 +110,7 @@ def gumbel_argmax(logits, u, temperature):
 
 def top_p_filter(logits, top_p):
     """Nucleus filter: keep a token iff the probability of the tokens ranked strictly above it is
-    at most top_p (so the top token always stays); the others get -inf. logits (..., V).
+    at most top_p (so the top token always stays); the others get -inf.
 
     Ranks by a stable descending sort, so equal logits are ranked by vocabulary index.
     """
@@ -160,24 +125,29 @@ def top_p_filter(logits, top_p):
 def neg_entropy(logits):
     """Σ_v p_v · log(p_v + 1e-10) with p = softmax(z): Dream's confidence (higher = more certain).
 
-    logits (..., V) float64 -> (...). The 1e-10 is Dream's; it keeps filtered (p = 0) tokens at 0.
+    The 1e-10 is Dream's; it keeps filtered (p = 0) tokens at 0. logits float64.
     """
     p = F.softmax(logits, dim=-1)  # (..., V)
     return (p * torch.log(p + ENTROPY_EPS)).sum(-1)
 
 
 def candidate_confidence(logits, x_hat):
-    """softmax(z)[x̂], LLaDA's confidence, in float64. logits (..., V), x_hat (...) -> (...)."""
+    """softmax(z)[x̂], LLaDA's confidence.
+
+    Departure: always in float64 (LLaDA's first release; its current code uses the model's dtype,
+    where bf16 ties are common).
+    """
     p = F.softmax(logits, dim=-1, dtype=torch.float64)  # (..., V) upcast inside, no extra copy
     return p.gather(-1, x_hat.unsqueeze(-1)).squeeze(-1)
 
 
 def entropy_candidates(logits, temperature, top_p, u):
     """Dream's entropy algorithm at one step: z' = top_p(z / τ); x̂ ~ softmax(z') (argmax z' at
-    τ = 0); confidence = neg_entropy(z'). Returns (x̂, confidence), both (...).
+    τ = 0); confidence = neg_entropy(z'). Returns (x̂, confidence). u (..., V), None at τ = 0.
 
-    The draw is the float64 Gumbel-max argmax(z' - log(-log u)) (departure 5), the same categorical
-    distribution as Dream's torch.multinomial draw. logits (..., V), u (..., V) or None at τ = 0.
+    Departure: the draw is the float64 Gumbel-max argmax(z' - log(-log u)), the same categorical
+    distribution as Dream's torch.multinomial draw but another random stream. Dream's alg_temp
+    (random position order) and top_k are not implemented.
     """
     z = logits.to(torch.float64, copy=True)  # (..., V)
     if temperature > 0:
@@ -193,97 +163,24 @@ def entropy_candidates(logits, temperature, top_p, u):
 
 
 def top_k_positions(confidence, k):
-    """Indices of the k most confident entries of each row, ties to the lower index (departure 3).
+    """Indices (B, k) of the k most confident entries of each row of confidence (B, n).
 
-    confidence (B, m) -> (B, k) long. A stable descending sort keeps equal values in index order.
+    Departure: ties go to the lower index (a stable descending sort); torch.topk, used by both
+    references, leaves the order of ties unspecified.
     """
     return torch.sort(confidence, dim=-1, descending=True, stable=True).indices[:, :k]
 
 
-# ----------------------------------------------------------------------------------------------
-# Argument checks.
-
-def _check_args(prompt_ids, attention_mask, gen_length, steps, block_length, temperature, remasking,
-                mask_id, generator, top_p, eos_id, eot_id, suppress_eos, defer_eos):
-    if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.dim() != 2 or prompt_ids.dtype != torch.long:
-        got = tuple(prompt_ids.shape) if isinstance(prompt_ids, torch.Tensor) else type(prompt_ids).__name__
-        raise ValueError(f"prompt_ids must be a (B, P) torch.long tensor, got {got}"
-                         + (f" of dtype {prompt_ids.dtype}" if isinstance(prompt_ids, torch.Tensor) else ""))
-    if prompt_ids.shape[0] == 0:
-        raise ValueError("prompt_ids has no rows (B = 0)")
-    if attention_mask is not None and tuple(attention_mask.shape) != tuple(prompt_ids.shape):
-        raise ValueError(f"attention_mask must have the prompt's shape {tuple(prompt_ids.shape)}, got "
-                         f"{tuple(attention_mask.shape)}; the completion positions are added by generate")
-    for name, v in (("gen_length", gen_length), ("steps", steps), ("block_length", block_length)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    if gen_length % block_length:
-        raise ValueError(f"gen_length {gen_length} is not a multiple of block_length {block_length}; "
-                         f"use a block_length that divides it (block_length = gen_length: one block)")
-    num_blocks = gen_length // block_length
-    if steps < num_blocks:
-        raise ValueError(f"steps {steps} < number of blocks {num_blocks} (gen_length {gen_length} / "
-                         f"block_length {block_length}): every block needs at least one step; "
-                         f"raise steps or block_length")
-    if steps % num_blocks:
-        lo, hi = steps // num_blocks * num_blocks, (steps // num_blocks + 1) * num_blocks
-        raise ValueError(f"steps {steps} is not divisible by the number of blocks {num_blocks}: every "
-                         f"block gets the same number of steps; use steps = {lo} or {hi}")
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if remasking not in REMASKING:
-        raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
-    if isinstance(mask_id, bool) or not isinstance(mask_id, int) or mask_id < 0:
-        raise ValueError(f"mask_id must be a token id (int >= 0), got {mask_id!r}")
-    if top_p is not None:
-        if remasking != "entropy":
-            raise ValueError(f"top_p belongs to Dream's sampler (remasking='entropy'); LLaDA's "
-                             f"remasking={remasking!r} samples the full distribution: drop top_p")
-        if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if generator is not None and generator.device.type != prompt_ids.device.type and generator.device.type != "cpu":
-        raise ValueError(f"generator is on {generator.device} but the prompt on {prompt_ids.device}: "
-                         f"use a generator on the model's device or on the CPU")
-    for name, v in (("eos_id", eos_id), ("eot_id", eot_id)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            raise ValueError(f"{name} must be a token id (int >= 0) or None, got {v!r}")
-    if (suppress_eos or defer_eos) and eos_id is None:
-        raise ValueError("suppress_eos / defer_eos need eos_id (the end-of-sequence token id)")
-    if eot_id is not None and not defer_eos:
-        raise ValueError("eot_id is only used by defer_eos=True; pass defer_eos=True or drop eot_id")
-    if eos_id is not None and not (suppress_eos or defer_eos):
-        raise ValueError("eos_id alone changes nothing: pass suppress_eos=True (EOS is never sampled) "
-                         "or defer_eos=True (EOS candidates are revealed last), or drop eos_id")
-
-
-def _block_logits(model, x, attention_mask, logits_mask, batch, m):
-    """Logits (B, m, V) at the m selected positions of every row, row-major, per the convention."""
-    logits = model(x, attention_mask=attention_mask, logits_mask=logits_mask)
-    if logits.dim() == 3 and logits.shape[:2] == x.shape:
-        # a denoiser that ignores logits_mask still works, at the cost of its full LM head
-        logits = logits[logits_mask]  # (B·m, V)
-    if logits.dim() != 2 or logits.shape[0] != batch * m:
-        raise ValueError(f"the denoiser returned logits of shape {tuple(logits.shape)} for a logits_mask "
-                         f"selecting {batch * m} positions; it must return (n_selected, V) (or (N, T, V)), "
-                         "see the calling convention at the top of sample.py")
-    return logits.view(batch, m, -1)  # (B, m, V)
-
-
-def _first_call(model, x, attention_mask, logits_mask, batch, m, mask_id):
-    """The first model call: an embedding lookup failing on the canvas most often means mask_id
-    is not a token of this model, so that is what the error says."""
-    try:
-        return _block_logits(model, x, attention_mask, logits_mask, batch, m)
-    except IndexError as e:
-        raise ValueError(f"the model raised IndexError on the first canvas ({e}); is mask_id {mask_id} "
-                         f"(and every prompt id) inside its vocabulary? Pass the checkpoint's mask id") from e
-
-
-def _check_vocab(vocab_size, mask_id, eos_id, eot_id):
-    for name, v in (("mask_id", mask_id), ("eos_id", eos_id), ("eot_id", eot_id)):
-        if v is not None and v >= vocab_size:
-            raise ValueError(f"{name} {v} is outside the model's vocabulary of {vocab_size} tokens "
-                             f"(the logits' last dimension); pass the id of the checkpoint's tokenizer")
+def reveal_most_confident(block, x_hat, confidence, k):
+    """block (B, n) with x_hat written at the k most confident positions of each row; k is an int or,
+    under a threshold, a (B,) tensor of per-row counts."""
+    if isinstance(k, int):
+        pick = top_k_positions(confidence, k)  # (B, k)
+        return block.scatter(1, pick, x_hat.gather(1, pick))
+    pick = top_k_positions(confidence, int(k.max()))  # (B, k_max)
+    chosen = torch.arange(pick.shape[1], device=k.device) < k[:, None]  # (B, k_max) each row's first k
+    take = torch.zeros_like(block, dtype=torch.bool).scatter(1, pick, chosen)  # (B, n)
+    return torch.where(take, x_hat, block)
 
 
 def _uniform(shape, generator, device):
@@ -292,41 +189,126 @@ def _uniform(shape, generator, device):
     return torch.rand(shape, dtype=torch.float64, generator=generator, device=where).to(device)
 
 
+def candidates(logits, remasking, temperature, top_p, generator):
+    """(x̂, confidence) of every masked position, logits (n, V) in the draw order of the header."""
+    u = _uniform(logits.shape, generator, logits.device) if temperature > 0 else None  # (n, V)
+    if remasking == "entropy":
+        return entropy_candidates(logits, temperature, top_p, u)
+    x_hat = gumbel_argmax(logits, u, temperature) if temperature > 0 else logits.argmax(-1)  # (n,)
+    if remasking == "low_confidence":
+        return x_hat, candidate_confidence(logits, x_hat)
+    return x_hat, _uniform(x_hat.shape, generator, logits.device)  # "random": the order is noise
+
+
 # ----------------------------------------------------------------------------------------------
 # The sampler.
 
+def _num_blocks(gen_length, steps, block_length):
+    """L / block_length, after checking that the blocks tile the completion and share the steps."""
+    for name, v in (("gen_length", gen_length), ("steps", steps), ("block_length", block_length)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if gen_length % block_length:
+        raise ValueError(f"gen_length {gen_length} is not a multiple of block_length {block_length}; "
+                         f"use a block_length that divides it (block_length = gen_length: one block)")
+    n = gen_length // block_length
+    if steps < n:
+        raise ValueError(f"steps {steps} < number of blocks {n} (gen_length {gen_length} / block_length "
+                         f"{block_length}): every block needs at least one step; raise steps or block_length")
+    if steps % n:
+        raise ValueError(f"steps {steps} is not divisible by the number of blocks {n}: every block gets the "
+                         f"same number of steps; use steps = {steps // n * n} or {(steps // n + 1) * n}")
+    return n
+
+
+def _takes_past(model):
+    """Whether the denoiser implements the KV-cache arguments of the calling convention."""
+    try:
+        return "past" in inspect.signature(getattr(model, "forward", model)).parameters
+    except (TypeError, ValueError):  # a callable without a signature (a builtin): no cache
+        return False
+
+
+def _selected_logits(model, x, attn, logits_mask, n, token_ids, **cache):
+    """The model's logits (n, V) at logits_mask, held to the calling convention."""
+    logits = model(x, attention_mask=attn, logits_mask=logits_mask, **cache)
+    if logits.dim() == 3 and logits.shape[:2] == x.shape:
+        logits = logits[logits_mask]  # a denoiser that ignores logits_mask: its full LM head ran
+    if logits.dim() != 2 or logits.shape[0] != n:
+        raise ValueError(f"the denoiser returned logits of shape {tuple(logits.shape)} for a logits_mask "
+                         f"selecting {n} positions; it must return (n_selected, V) (or (N, T, V)), "
+                         "see the calling convention at the top of sample.py")
+    for name, v in token_ids.items():
+        if v >= logits.shape[-1]:
+            raise ValueError(f"{name} {v} is outside the model's vocabulary of {logits.shape[-1]} tokens "
+                             f"(the logits' last dimension); pass the id of the checkpoint's tokenizer")
+    return logits
+
+
 @torch.no_grad()
-def generate(model, prompt_ids, *, gen_length, steps, block_length, temperature=0.0,
-             remasking="low_confidence", mask_id, attention_mask=None, generator=None, top_p=None,
-             eos_id=None, eot_id=None, suppress_eos=False, defer_eos=False):
+def generate(model, prompt_ids, *, gen_length, steps, block_length, mask_id, temperature=0.0,
+             remasking="low_confidence", attention_mask=None, generator=None, top_p=None,
+             eos_id=None, suppress_eos=False, cache="none", threshold=None):
     """Fill gen_length masked positions after each prompt; returns the canvas (B, P + gen_length) long.
 
     model          a denoiser (calling convention at the top of the file); called once per step
     prompt_ids     (B, P) long; left-padded when rows differ in length (never modified)
     gen_length     completion length L: every one of the L positions is filled
-    steps          denoising steps in total; must be a multiple of num_blocks = L / block_length,
-                   each block gets steps / num_blocks (an error otherwise, as in LLaDA's code)
+    steps          denoising steps in total, a multiple of num_blocks = L / block_length (as in LLaDA)
     block_length   semi-autoregressive block length (= gen_length: one block, Dream's setting)
+    mask_id        the mask token id
     temperature    τ >= 0; 0 = greedy (deterministic)
-    remasking      "low_confidence" | "random" (LLaDA) | "entropy" (Dream), see the module docstring
-    mask_id        the mask token id (checked against the logits' vocabulary size on the first call)
+    remasking      "low_confidence" | "random" (LLaDA) | "entropy" (Dream), see the header
     attention_mask (B, P) 1 = real prompt token, 0 = left padding; None = no padding
     generator      torch.Generator for every random draw (on the model's device or the CPU); None =
-                   the global RNG. The draw order is in the module docstring.
+                   the global RNG. The draw order is in the header.
     top_p          nucleus mass for remasking="entropy" (None or 1 = no filter)
-    eos_id, eot_id end-of-sequence / end-of-turn ids, used only by the two switches:
-    suppress_eos   EOS logits set to -inf: EOS is never sampled (LLaDA's logits_eos_inf)
-    defer_eos      a position whose candidate is EOS (or EoT) gets confidence -inf, so it is revealed
-                   only when a step cannot fill its quota otherwise (LLaDA's confidence_eos_eot_inf,
-                   as it describes itself; departure 8)
-
-    Per step: logits only at the current block's masked positions (logits_mask; departure 1), one
-    candidate and confidence per such position, the top-k per row revealed (k from
-    linear_schedule, or dream_schedule for "entropy"; steps with k = 0 are skipped, departure 6).
-    Every row reveals the same number of tokens per step, so the selection is one batched sort.
+    eos_id, suppress_eos  EOS logits set to -inf: EOS is never sampled (LLaDA's logits_eos_inf)
+    cache          "none": the exact procedure. "prefix" | "dual" (Fast-dLLM's KV caches; a model
+                   without `past` runs the exact procedure): each block's first step runs the whole
+                   canvas and keeps every layer's keys/values; its later steps recompute only the block
+                   and all positions after it ("prefix") or only the block ("dual"), attending to the
+                   cached keys/values of the rest. Attention is bidirectional, so those go stale as
+                   tokens are revealed: an approximation of the exact sampler, exact at each block's
+                   first step.
+    threshold      None, or a probability in (0, 1] (remasking="low_confidence"): each step also
+                   reveals every candidate whose confidence is at least threshold, and a block ends when
+                   it has no mask left (Fast-dLLM's parallel decoding). Departure from Fast-dLLM: it
+                   reveals at least one token per step and ignores `steps`; here the schedule's k (at
+                   least 1) is the floor, so `steps` bounds the forward passes. steps = gen_length is its
+                   rule. Rows then differ in their counts; candidates are drawn for each row's masked
+                   positions, row-major as in the header.
     """
-    _check_args(prompt_ids, attention_mask, gen_length, steps, block_length, temperature, remasking,
-                mask_id, generator, top_p, eos_id, eot_id, suppress_eos, defer_eos)
+    if not (isinstance(prompt_ids, torch.Tensor) and prompt_ids.dim() == 2 and prompt_ids.dtype == torch.long):
+        got = f"{tuple(prompt_ids.shape)} of dtype {prompt_ids.dtype}" if isinstance(prompt_ids, torch.Tensor) else type(prompt_ids).__name__
+        raise ValueError(f"prompt_ids must be a (B, P) torch.long tensor, got {got}")
+    if attention_mask is not None and attention_mask.shape != prompt_ids.shape:
+        raise ValueError(f"attention_mask must have the prompt's shape {tuple(prompt_ids.shape)}, got "
+                         f"{tuple(attention_mask.shape)}; the completion positions are added by generate")
+    num_blocks = _num_blocks(gen_length, steps, block_length)
+    if not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if remasking not in REMASKING:
+        raise ValueError(f"remasking must be one of {REMASKING}, got {remasking!r}")
+    if isinstance(mask_id, bool) or not isinstance(mask_id, int) or mask_id < 0:
+        raise ValueError(f"mask_id must be a token id (int >= 0), got {mask_id!r}")
+    if top_p is not None and not (remasking == "entropy" and isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p belongs to Dream's sampler (remasking='entropy') and top_p must be in (0, 1]; got "
+                         f"top_p={top_p!r} with remasking={remasking!r} (LLaDA's samples the full distribution)")
+    if suppress_eos and eos_id is None:
+        raise ValueError("suppress_eos needs eos_id (the end-of-sequence token id)")
+    if eos_id is not None and not suppress_eos:
+        raise ValueError("eos_id alone changes nothing: pass suppress_eos=True (EOS is never sampled) or drop eos_id")
+    if cache not in CACHE:
+        raise ValueError(f"cache must be one of {CACHE}, got {cache!r}")
+    if threshold is not None and not (remasking == "low_confidence" and isinstance(threshold, (int, float))
+                                      and 0 < threshold <= 1):
+        raise ValueError(f"threshold compares LLaDA's confidence softmax(z)[x̂] (remasking='low_confidence'): "
+                         f"threshold must be a probability in (0, 1]; got threshold={threshold!r} with remasking={remasking!r}")
+    if generator is not None and generator.device.type not in (prompt_ids.device.type, "cpu"):
+        raise ValueError(f"generator is on {generator.device} but the prompt on {prompt_ids.device}: "
+                         f"use a generator on the model's device or on the CPU")
+
     B, P = prompt_ids.shape
     T, device = P + gen_length, prompt_ids.device
     x = torch.cat([prompt_ids, prompt_ids.new_full((B, gen_length), mask_id)], dim=1)  # (B, T) a new tensor
@@ -335,47 +317,54 @@ def generate(model, prompt_ids, *, gen_length, steps, block_length, temperature=
         # the completion positions are real tokens (masks the model must fill), so always attended
         attn = torch.cat([attention_mask.to(device=device, dtype=torch.bool),
                           torch.ones(B, gen_length, dtype=torch.bool, device=device)], dim=1)  # (B, T)
-    num_blocks = gen_length // block_length
+    # Departure: with remasking="entropy" and block_length < gen_length, Dream's schedule and order
+    # run block by block (a semi-autoregressive extension); block_length = gen_length is Dream's own.
     schedule = (dream_schedule if remasking == "entropy" else linear_schedule)(block_length, steps // num_blocks)
-    deferred = [i for i in (eos_id, eot_id) if i is not None] if defer_eos else []
-    deferred = torch.tensor(deferred, dtype=torch.long, device=device)
+    # Departure: the mask token is never a candidate (its logit is -inf before sampling and before the
+    # confidence). In the references a sampled mask token leaves its position masked after the step
+    # that chose it, and a mask can then survive the last step.
     banned = torch.tensor([mask_id] + ([eos_id] if suppress_eos else []), dtype=torch.long, device=device)
-    checked = False
+    token_ids = {"mask_id": mask_id, **({"eos_id": eos_id} if suppress_eos else {})}
+    cached = cache != "none" and _takes_past(model)
+    past = {}  # the model's keys/values, refilled at each block's first step
 
-    for block in range(num_blocks):
-        lo, hi = P + block * block_length, P + (block + 1) * block_length
-        m = block_length  # masked positions left in this block, the same in every row
+    for lo in range(P, T, block_length):
+        hi = lo + block_length
+        refresh = True
         for k in schedule:
-            if k == 0:
-                continue  # departure 6: nothing to reveal, so no forward pass and no draw
             masked = x[:, lo:hi] == mask_id  # (B, block_length)
+            if threshold is not None:
+                if not masked.any():
+                    break  # the threshold completed the block early
+                k = max(k, 1)
+            elif k == 0:
+                # Departure: a step that reveals nothing (Dream's schedule has such steps; LLaDA's when
+                # steps per block > block_length) runs no forward pass and draws nothing; the references
+                # run the model and discard its output.
+                continue
+            # Departure: only the current block's masked positions are candidates, and the LM head
+            # runs only there; the references compute the whole canvas's logits, put -inf outside and
+            # draw noise for every position. Same tokens revealed, another random stream. (The LLaDA
+            # code would also treat a mask token inside the prompt as a candidate; the prompt never changes here.)
             logits_mask = torch.zeros(B, T, dtype=torch.bool, device=device)
-            logits_mask[:, lo:hi] = masked  # (B, T) only where a token can be revealed
-            if checked:
-                logits = _block_logits(model, x, attn, logits_mask, B, m)  # (B, m, V)
+            logits_mask[:, lo:hi] = masked  # (B, T)
+            if not cached:
+                cache_args = {}
+            elif refresh:
+                cache_args, refresh = {"past": past}, False  # the whole canvas; keys/values kept
             else:
-                logits = _first_call(model, x, attn, logits_mask, B, m, mask_id)
-                _check_vocab(logits.shape[-1], mask_id, eos_id, eot_id)
-                checked = True
-            # row-major nonzero lists each row's masked columns left to right, the logits' order
-            cols = masked.nonzero()[:, 1].view(B, m) + lo  # (B, m) canvas positions
-            # the mask token is never a candidate (departure 9); EOS neither under suppress_eos
-            logits = logits.index_fill(-1, banned, float("-inf"))  # (B, m, V) a copy
-            u = _uniform((B, m, logits.shape[-1]), generator, device) if temperature > 0 else None  # (B, m, V)
-
-            if remasking == "entropy":
-                x_hat, confidence = entropy_candidates(logits, temperature, top_p, u)  # (B, m), (B, m)
-            else:
-                x_hat = gumbel_argmax(logits, u, temperature) if temperature > 0 else logits.argmax(-1)  # (B, m)
-                if remasking == "low_confidence":
-                    confidence = candidate_confidence(logits, x_hat)  # (B, m)
-                else:
-                    confidence = _uniform((B, m), generator, device)  # (B, m)
-            if deferred.numel():
-                confidence = confidence.masked_fill(torch.isin(x_hat, deferred), float("-inf"))
-
-            pick = top_k_positions(confidence, k)  # (B, k) indices into the m candidates
+                cache_args = {"past": past, "window": (lo, hi if cache == "dual" else T)}
+            logits = _selected_logits(model, x, attn, logits_mask, int(masked.sum()), token_ids, **cache_args)  # (n, V)
+            x_hat, confidence = candidates(logits.index_fill(-1, banned, float("-inf")), remasking,
+                                           temperature, top_p, generator)  # (n,), (n,)
+            # back to block columns, row-major as selected; revealed positions can never be picked
+            x_hat = x[:, lo:hi].masked_scatter(masked, x_hat)  # (B, block_length)
+            confidence = torch.full(masked.shape, float("-inf"), dtype=torch.float64, device=device).masked_scatter(
+                masked, confidence.to(torch.float64))  # (B, block_length)
+            if threshold is not None:  # per row: every candidate at least that confident, at least k
+                above = (confidence >= threshold).sum(1)  # (B,)
+                k = torch.minimum(above.clamp(min=k), masked.sum(1))  # (B,) never more than is left
+            block = reveal_most_confident(x[:, lo:hi], x_hat, confidence, k)  # (B, block_length)
             # out of place: a model that kept a reference to x must not see it change
-            x = x.scatter(1, cols.gather(1, pick), x_hat.gather(1, pick))  # (B, T)
-            m -= k
+            x = torch.cat([x[:, :lo], block, x[:, hi:]], dim=1)  # (B, T)
     return x

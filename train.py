@@ -120,6 +120,8 @@ def build_parser():
     g.add_argument("--diffusion_steps", type=int, help="denoising steps per completion")
     g.add_argument("--temperature", type=float, help="sampling temperature τ of rollouts")
     g.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random", "entropy"], help="order in which positions are revealed")
+    g.add_argument("--rollout_cache", default="none", choices=["none", "prefix", "dual"], help="KV cache of the rollout sampler: none = the exact sampler; prefix / dual = Fast-dLLM's caches, faster but an approximation (another rollout policy than the denoiser's)")
+    g.add_argument("--threshold", type=float, default=None, help="rollouts also reveal every candidate whose confidence softmax(z)[x] reaches this probability (Fast-dLLM's parallel decoding; --remasking low_confidence only; default: off)")
     g.add_argument("--group_size", type=int, help="G, completions per prompt")
     g.add_argument("--prompts_per_step", type=int, help="prompts per RL step, over all processes")
     g.add_argument("--rollout_batch", type=int, help="completions per chunk (a multiple of G): the unit of generation and of gradient accumulation")
@@ -153,6 +155,7 @@ def build_parser():
     g.add_argument("--n_eval", type=int, help="held-out examples per evaluation")
     g.add_argument("--eval_gen_length", type=int, help="completion length used in evaluation")
     g.add_argument("--eval_block_length", type=int, help="block length used in evaluation")
+    g.add_argument("--eval_cache", default="none", choices=["none", "prefix", "dual"], help="KV cache of the evaluation sampler (see --rollout_cache)")
     g.add_argument("--train_size", type=int, default=20000, help="generated training examples (generator tasks)")
     g.add_argument("--max_bad_steps", type=int, default=3,
                    help="stop (last good weights saved) after this many steps in a row with skipped updates "
@@ -288,7 +291,7 @@ RANGES = {
     "eval_every": at_least(0, " (0 = only at the start and the end)"), "n_eval": at_least(1),
     "eval_gen_length": at_least(1), "eval_block_length": at_least(1), "train_size": at_least(1),
     "max_bad_steps": at_least(1), "spg_num_t": at_least(1), "spg_eubo_beta": (lambda v: v > 0, "> 0"),
-    "spg_mix_weight": between(0, 1),
+    "spg_mix_weight": between(0, 1), "threshold": between(0, 1, "(]", " (a probability)"),
 }
 MAX_GENERATED = 10 ** 6  # examples a task generator makes at start; more would take hours
 
@@ -353,7 +356,8 @@ def resume_config(args, given):
                         f"its {MARKER} file); start the run again without --resume (add --overwrite to replace "
                         "what is there)")
     state = read_state(ckpt)
-    resumed = argparse.Namespace(**state["config"])
+    # a flag added after the run was saved takes its default (the behaviour the run had)
+    resumed = argparse.Namespace(**{**vars(build_parser().parse_args([])), **state["config"]})
     resumed.out, resumed.resume = run_dir, True
     done = state["step"]
     total = resumed.pretrain_steps if resumed.algo == "pretrain" else resumed.steps
@@ -542,7 +546,7 @@ def evaluate(policy, tok, task, examples, args, device, rank, world):
     with gathered(policy):
         return E.evaluate(policy, tok, task, examples, gen_length=args.eval_gen_length, block_length=args.eval_block_length,
                           batch_size=args.rollout_batch, max_prompt_len=args.max_prompt_len, device=device,
-                          remasking=args.remasking, rank=rank, world=world)
+                          remasking=args.remasking, rank=rank, world=world, cache=args.eval_cache)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -921,7 +925,8 @@ def rl_step(step, policy, ref, optimizer, tok, task, train, args, device, rank, 
                 policy, tok, task, examples, style=style, gen_length=args.gen_length,
                 block_length=args.block_length, steps=args.diffusion_steps, temperature=args.temperature,
                 remasking=args.remasking, max_prompt_len=args.max_prompt_len,
-                seed=seed_for(args.seed, "rollout", step, c), device=device, repeat=G)
+                seed=seed_for(args.seed, "rollout", step, c), device=device, repeat=G,
+                cache=args.rollout_cache, threshold=args.threshold)
         # the training reward: each completion with the example it answers (G in a row)
         rewards = torch.tensor([task.reward(t, examples[i // G], style) for i, t in enumerate(texts)],
                                dtype=torch.float32, device=device)

@@ -16,8 +16,8 @@ reproducible token for token), drawing at each step that reveals a token, in thi
 canvas, so their samples cannot be matched; greedy decoding needs no draws and is the reference's.
 Ties in confidence go to the leftmost position (a stable sort), where torch.topk leaves it open.
 Two more adaptations shared with sample.py: the mask token's logit is set to -inf (in the
-references a sampled mask token leaves its position masked), and the EOS switches (suppress_eos,
-defer_eos) are sample.py's reading of LLaDA's logits_eos_inf / confidence_eos_eot_inf.
+references a sampled mask token leaves its position masked), and suppress_eos is LLaDA's
+logits_eos_inf (EOS logits set to -inf).
 Like the references, these run the model at every step, also at steps that reveal nothing.
 """
 import torch
@@ -43,8 +43,7 @@ def _take_top(x, row, positions, tokens, confidence, k):
 
 
 def llada_reference(model, prompt, *, gen_length, steps, block_length, temperature, remasking, mask_id,
-                    attention_mask=None, generator=None, eos_id=None, eot_id=None, suppress_eos=False,
-                    defer_eos=False):
+                    attention_mask=None, generator=None, eos_id=None, suppress_eos=False):
     """LLaDA's low-confidence / random remasking: the reference's whole-canvas tensors each step,
     its per-row loop for the top-k selection."""
     B, P = prompt.shape
@@ -56,7 +55,6 @@ def llada_reference(model, prompt, *, gen_length, steps, block_length, temperatu
     num_blocks = gen_length // block_length
     assert steps % num_blocks == 0
     steps_per_block = steps // num_blocks
-    deferred = torch.tensor([t for t in (eos_id, eot_id) if t is not None] if defer_eos else [], dtype=torch.long)
 
     for block in range(num_blocks):
         start, end = P + block * block_length, P + (block + 1) * block_length
@@ -104,8 +102,6 @@ def llada_reference(model, prompt, *, gen_length, steps, block_length, temperatu
             else:
                 raise ValueError(remasking)
             x0_p[:, end:] = float("-inf")
-            if deferred.numel():
-                x0_p = x0_p.masked_fill(torch.isin(x0, deferred), float("-inf"))
             x0 = torch.where(mask_index, x0, x)
             confidence = torch.where(mask_index, x0_p, float("-inf"))
 
@@ -135,8 +131,8 @@ def _dream_top_p(z, top_p):
 
 
 def dream_reference(model, prompt, *, gen_length, steps, block_length, temperature, mask_id,
-                    attention_mask=None, generator=None, top_p=None, eps=1e-3, eos_id=None, eot_id=None,
-                    suppress_eos=False, defer_eos=False):
+                    attention_mask=None, generator=None, top_p=None, eps=1e-3, eos_id=None,
+                    suppress_eos=False):
     """Dream's entropy-order sampler, applied to each block in turn (one block = Dream's own)."""
     B, P = prompt.shape
     x = torch.full((B, P + gen_length), mask_id, dtype=torch.long)
@@ -144,7 +140,6 @@ def dream_reference(model, prompt, *, gen_length, steps, block_length, temperatu
     attn = _full_attention(attention_mask, B, gen_length, x.device)
     num_blocks = gen_length // block_length
     steps_per_block = steps // num_blocks
-    deferred = [t for t in (eos_id, eot_id) if t is not None] if defer_eos else []
     timesteps = torch.linspace(1, eps, steps_per_block + 1)  # float32, as Dream's
 
     for block in range(num_blocks):
@@ -184,7 +179,5 @@ def dream_reference(model, prompt, *, gen_length, steps, block_length, temperatu
                         tokens[j] = torch.argmax(probs)
                     # Dream's confidence: the negative entropy of the (filtered) distribution
                     confidence[j] = torch.sum(probs * torch.log(probs + 1e-10))
-                    if int(tokens[j]) in deferred:
-                        confidence[j] = float("-inf")
                 _take_top(x, b, positions, tokens, confidence, k)
     return x

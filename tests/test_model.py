@@ -229,6 +229,49 @@ def test_dream_padding_matches_the_transcription_after_the_first_real_token(drea
     torch.testing.assert_close(aligned[1, 1:], raw[1, :-1], rtol=1e-4, atol=1e-4)
 
 
+# ----------------------------------------------------------------------------------------------
+# The sampler's KV cache: past and window
+
+def window_logits(model, ids, attn, lo, hi, logits_mask=None):
+    """Logits of a window call after a fresh `past` of the same canvas (a cache refreshed now)."""
+    past = {}
+    model(ids, attention_mask=attn, past=past)
+    return model(ids, attention_mask=attn, logits_mask=logits_mask, past=past, window=(lo, hi))
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_window_on_a_fresh_cache_gives_the_full_forward(family, llada_dir, dream_dir):
+    """With keys/values cached from the same canvas, recomputing a window (the current block: dual
+    cache; the block and everything after it: prefix cache) reproduces the full pass there. With
+    left padding, and Dream's shift taking the window's first logits from the position before it."""
+    model = M.load_model((llada_dir if family == "llada" else dream_dir)[0], dtype=torch.float64)
+    ids = rand_ids(3, 14, seed=6)
+    attn = torch.ones(3, 14, dtype=torch.bool)
+    attn[0, :4], attn[2, :1] = False, False
+    full = model(ids, attention_mask=attn)  # (3, 14, V)
+    for lo, hi in ((6, 10), (6, 14), (10, 14)):
+        torch.testing.assert_close(window_logits(model, ids, attn, lo, hi), full[:, lo:hi], rtol=0, atol=1e-12)
+    sel = torch.zeros(3, 14, dtype=torch.bool)
+    sel[0, 7], sel[1, 6], sel[1, 9], sel[2, 8] = True, True, True, True
+    sel_outside = sel.clone()
+    sel_outside[:, 12] = True  # columns outside the window are ignored
+    torch.testing.assert_close(window_logits(model, ids, attn, 6, 10, sel_outside), full[sel], rtol=0, atol=1e-12)
+    # the cache is what makes it an approximation: a stale cache changes the window's logits
+    past = {}
+    model(ids, attention_mask=attn, past=past)
+    changed = ids.clone()
+    changed[:, 6:10] = (ids[:, 6:10] + 1) % VOCAB
+    stale = model(changed, attention_mask=attn, past=past, window=(6, 10))
+    exact = model(changed, attention_mask=attn)[:, 6:10]
+    assert (stale - exact).abs().max() > 1e-6
+
+
+def test_window_without_a_filled_past_is_an_error():
+    model = M.load_model("tiny")
+    with pytest.raises(ValueError, match="needs `past` filled by a call on the whole canvas"):
+        model(rand_ids(2, 6, high=98), past={}, window=(2, 4))
+
+
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     ids = rand_ids(2, 8, high=98)
     grads = []
@@ -342,38 +385,32 @@ def test_adapters_off_reproduce_the_base_after_training():
             assert torch.equal(p, sb[n.replace(".base.", ".")])
 
 
-def test_merged_equals_unmerged_and_save_merges_without_touching_the_module(tmp_path):
+def test_save_merges_the_adapters_without_touching_the_module(tmp_path):
     model, base, ids = trained_lora_model()
     before = {n: t.clone() for n, t in model.state_dict().items()}
     M.save_model(model, str(tmp_path))
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    merged = M.merge_lora(copy.deepcopy(model))
-    assert not M._lora_modules(merged)
-    torch.testing.assert_close(merged(ids), model(ids), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(M.load_model(str(tmp_path))(ids), model(ids), rtol=1e-5, atol=1e-5)
-    # the delta is (α/r)·B·A
+    # the written weight is W + (α/r)·B·A
     wrapped = model.blocks[1].o_proj
     expected = wrapped.base.weight + 2.0 * wrapped.lora_B.weight @ wrapped.lora_A.weight
-    torch.testing.assert_close(merged.blocks[1].o_proj.weight, expected, rtol=1e-6, atol=1e-6)
+    saved = tensors_of(str(tmp_path))["model.transformer.blocks.1.attn_out.weight"]
+    torch.testing.assert_close(saved, expected, rtol=1e-6, atol=1e-6)
 
 
-def test_lora_state_dict_round_trip():
+def test_lora_state_dict_round_trip_through_the_resume_path():
+    """lora_state_dict is what train.py saves; its resume loads it with set_model_state_dict."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     model, base, ids = trained_lora_model()
     state = M.lora_state_dict(model)
     assert all(".lora_A." in k or ".lora_B." in k for k in state) and len(state) == 2 * 7 * 4
     fresh = copy.deepcopy(base)
     M.add_lora(fresh, rank=4, alpha=8)
-    M.load_lora_state_dict(fresh, state)
+    set_model_state_dict(fresh, state, options=StateDictOptions(full_state_dict=True, strict=False))
     assert torch.equal(fresh(ids), model(ids))
-    other = copy.deepcopy(base)
-    M.add_lora(other, rank=2, alpha=8)
-    with pytest.raises(ValueError, match="wrong shape"):
-        M.load_lora_state_dict(other, state)
-    partial = copy.deepcopy(base)
-    M.add_lora(partial, rank=4, alpha=8, targets=["q_proj"])
-    with pytest.raises(ValueError, match="unexpected"):
-        M.load_lora_state_dict(partial, state)
+    with pytest.raises(ValueError, match="no LoRA adapters"):
+        M.lora_state_dict(base)
 
 
 def test_lora_targets_follow_the_family(dream_dir):

@@ -4,7 +4,8 @@ Parity: generate against plain loop transcriptions of the reference algorithms
 (tests/reference_sampler.py), token for token, greedy and seeded (both draw the same float64
 uniforms from the same generator, see sample.py). Invariants through a recording model wrapper,
 closed forms of the schedules and of the candidate / confidence functions, the sampled
-distributions against softmax, padding invariance and argument errors. Everything runs on the CPU
+distributions against softmax, padding invariance and argument errors. The KV caches against the
+exact sampler with a cache that cannot go stale (model.py's Denoiser), threshold decoding's counts. Everything runs on the CPU
 with a small random bidirectional denoiser defined here, in float64 so padded and unpadded passes
 agree to the last bits.
 """
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 import sample as S
 from reference_sampler import _dream_top_p, dream_reference, llada_reference
 
-PAD, EOS, MASK, EOT = 0, 1, 2, 3  # special ids of the toy vocabulary
+PAD, EOS, MASK = 0, 1, 2  # special ids of the toy vocabulary (prompts use 4..)
 VOCAB = 24
 
 
@@ -238,42 +239,27 @@ def test_dream_entropy_parity(shape, temperature, top_p):
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 @pytest.mark.parametrize("remasking", ["low_confidence", "random", "entropy"])
-@pytest.mark.parametrize("eos", [dict(suppress_eos=True, eos_id=EOS),
-                                 dict(defer_eos=True, eos_id=EOS, eot_id=EOT),
-                                 dict(suppress_eos=True, defer_eos=True, eos_id=EOS, eot_id=EOT)])
-def test_eos_options_parity(temperature, remasking, eos):
+def test_suppress_eos_parity(temperature, remasking):
     model = ToyDenoiser(seed=4, eos_bias=6.0)  # EOS is a frequent candidate
     ids, attn = prompts([3, 5, 4], seed=1)
     kw = dict(gen_length=8, block_length=4, steps=4, temperature=temperature, mask_id=MASK,
-              attention_mask=attn, **eos)
+              attention_mask=attn, suppress_eos=True, eos_id=EOS)
     ours = S.generate(model, ids, remasking=remasking, generator=gen(5), **kw)
     if remasking == "entropy":
         ref = dream_reference(model, ids, generator=gen(5), **kw)
     else:
         ref = llada_reference(model, ids, remasking=remasking, generator=gen(5), **kw)
     assert torch.equal(ours, ref)
-    if eos.get("suppress_eos"):
-        assert not (ours[:, ids.shape[1]:] == EOS).any()
+    assert not (ours[:, ids.shape[1]:] == EOS).any()
 
 
-def test_eos_options_change_the_sample():
-    """With an EOS-heavy model: plain sampling reveals EOS, suppress_eos never does, defer_eos
-    reveals EOS candidates after every other position of their block."""
-    model = Recorder(ToyDenoiser(seed=4, eos_bias=6.0))
+def test_suppress_eos_changes_the_sample():
+    """With an EOS-heavy model: plain sampling reveals EOS, suppress_eos never does."""
+    model = ToyDenoiser(seed=4, eos_bias=6.0)
     ids, attn = prompts([3, 5, 4], seed=1)
     kw = dict(gen_length=8, block_length=8, steps=8, mask_id=MASK, attention_mask=attn)
-    plain = S.generate(model, ids, **kw)[:, ids.shape[1]:]
-    assert (plain == EOS).any()
+    assert (S.generate(model, ids, **kw)[:, ids.shape[1]:] == EOS).any()
     assert not (S.generate(model, ids, suppress_eos=True, eos_id=EOS, **kw) == EOS).any()
-    model.calls.clear()
-    deferred = S.generate(model, ids, defer_eos=True, eos_id=EOS, **kw)
-    # one token per step: once an EOS is revealed in a row, only EOS follow in that row
-    canvases = [c for c, _ in model.calls] + [deferred]
-    for b in range(ids.shape[0]):
-        order = [int(((prev[b] == MASK) & (nxt[b] != MASK)).nonzero()) for prev, nxt in zip(canvases, canvases[1:])]
-        revealed = [int(deferred[b, j]) for j in order]
-        first = revealed.index(EOS) if EOS in revealed else len(revealed)
-        assert all(t == EOS for t in revealed[first:])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,6 +364,173 @@ def test_single_token_sampling_follows_softmax():
 
 
 # ----------------------------------------------------------------------------------------------
+# KV caches and threshold decoding (model.py's Denoiser implements the cache arguments).
+
+def denoiser(family, head_scale=1.0):
+    """A small random Denoiser of model.py in float64 (padded and unpadded passes agree to the last
+    bits); Dream's layout shifts its logits and groups its KV heads. head_scale > 1 makes it confident."""
+    M = pytest.importorskip("model")
+    cfg = M.CONFIGS["tiny"]
+    if family == "dream":
+        cfg = M.ModelConfig(**{**vars(cfg), "family": "dream", "n_kv_heads": 2, "qkv_bias": True})
+    model = M.init_weights(M.Denoiser(cfg), seed=3).double().eval()
+    with torch.no_grad():
+        model.head.weight.mul_(head_scale)
+    return model
+
+
+def tiny_prompts(lengths, seed=0):
+    """Left-padded prompts of the tiny vocabulary (pad 0, mask 2; ids 3..97 printable)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    attn = torch.zeros(len(lengths), max(lengths), dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        ids[i, -n:] = torch.randint(3, 98, (n,), generator=g)
+        attn[i, -n:] = True
+    return ids, attn
+
+
+class RefreshEveryStep:
+    """The cache convention with the keys/values recomputed from the current canvas before every
+    window call: a cache that is never stale. Records each call's window."""
+
+    def __init__(self, model):
+        self.model, self.windows = model, []
+
+    def forward(self, input_ids, attention_mask=None, logits_mask=None, past=None, window=None):
+        self.windows.append(window)
+        if window is not None:
+            self.model(input_ids, attention_mask=attention_mask, past=past)
+        return self.model(input_ids, attention_mask=attention_mask, logits_mask=logits_mask, past=past, window=window)
+
+    __call__ = forward
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+@pytest.mark.parametrize("remasking,temperature", [("low_confidence", 0.0), ("low_confidence", 1.0), ("entropy", 1.0)])
+def test_cache_refreshed_at_every_step_gives_the_exact_canvas(family, cache, remasking, temperature):
+    """With keys/values that cannot be stale, a cached run is the exact run: the window calls, the
+    positions and padding of the window and Dream's shift at the window's edge are all right."""
+    model = RefreshEveryStep(denoiser(family))
+    ids, attn = tiny_prompts([5, 2, 4], seed=1)
+    P, L, block = ids.shape[1], 12, 4
+    kw = dict(gen_length=L, block_length=block, steps=6, temperature=temperature, remasking=remasking,
+              mask_id=2, attention_mask=attn)
+    exact = S.generate(model.model, ids, generator=gen(3), **kw)
+    assert torch.equal(S.generate(model, ids, cache=cache, generator=gen(3), **kw), exact)
+    # one call on the whole canvas per block, then windows: the block ("dual") or the block onwards
+    per_block = 2 if remasking == "low_confidence" else sum(k > 0 for k in S.dream_schedule(block, 2))
+    starts = [P + b * block for b in range(L // block)]
+    expected = [w for lo in starts for w in [None] + [(lo, lo + block if cache == "dual" else P + L)] * (per_block - 1)]
+    assert model.windows == expected
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_a_stale_cache_is_exact_at_each_blocks_first_step_only(family):
+    """The caches really are stale (another rollout policy): over many prompts the canvases differ
+    from the exact sampler's somewhere, while every block's first step (one full pass) is exact."""
+    model = denoiser(family)
+    ids, attn = tiny_prompts([6] * 8, seed=2)
+    kw = dict(gen_length=8, block_length=8, mask_id=2, attention_mask=attn)
+    exact = S.generate(model, ids, steps=8, **kw)
+    for cache in ("prefix", "dual"):
+        assert not torch.equal(S.generate(model, ids, steps=8, cache=cache, **kw), exact)
+        assert torch.equal(S.generate(model, ids, steps=1, cache=cache, **kw), S.generate(model, ids, steps=1, **kw))
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_a_model_without_past_runs_the_exact_procedure(cache):
+    ids, attn = prompts([5, 3, 4])
+    kw = dict(gen_length=8, block_length=4, steps=8, temperature=1.0, mask_id=MASK, attention_mask=attn)
+    recorder = Recorder(MODEL)  # takes no `past`: it would raise if one were passed
+    assert torch.equal(S.generate(recorder, ids, cache=cache, generator=gen(1), **kw),
+                       S.generate(MODEL, ids, generator=gen(1), **kw))
+    assert len(recorder.calls) == 8
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+@pytest.mark.parametrize("cache,threshold", [("none", None), ("prefix", None), ("dual", None), ("none", 0.05),
+                                             ("dual", 0.05)])
+def test_left_padding_gives_the_unpadded_completion_in_every_mode(family, cache, threshold):
+    model = denoiser(family)
+    lengths = [6, 2, 4, 1]
+    ids, attn = tiny_prompts(lengths, seed=5)
+    kw = dict(gen_length=8, block_length=4, steps=8, mask_id=2, cache=cache, threshold=threshold)
+    batch = S.generate(model, ids, attention_mask=attn, **kw)
+    for i, n in enumerate(lengths):
+        alone = S.generate(model, ids[i:i + 1, -n:], **kw)
+        assert torch.equal(batch[i, -n - 8:], alone[0])
+
+
+class ConfidenceRecorder:
+    """Records each call's canvas and the greedy confidence max_v softmax(z)_v (mask token excluded)
+    of every position the sampler asked logits for (-1 elsewhere). Passes the cache arguments on."""
+
+    def __init__(self, model, mask_id):
+        self.model, self.mask_id, self.steps = model, mask_id, []
+
+    def forward(self, input_ids, attention_mask=None, logits_mask=None, past=None, window=None):
+        extra = {} if past is None else {"past": past, "window": window}
+        z = self.model(input_ids, attention_mask=attention_mask, logits_mask=logits_mask, **extra)  # (n, V)
+        p = F.softmax(z.double().index_fill(-1, torch.tensor([self.mask_id]), float("-inf")), dim=-1).amax(-1)
+        self.steps.append((input_ids.clone(), torch.full(logits_mask.shape, -1.0, dtype=torch.float64).masked_scatter(logits_mask, p)))
+        return z
+
+    __call__ = forward
+
+
+@pytest.mark.parametrize("cache", ["none", "dual"])
+@pytest.mark.parametrize("threshold", [0.3, 0.6, 0.9])
+def test_threshold_reveals_everything_above_it_and_at_least_the_schedule(cache, threshold):
+    """Greedy, one block of 8, 4 steps (k = 2): every step reveals at least min(2, masks left) tokens
+    per row and every candidate whose confidence reaches the threshold; it fills the canvas in fewer
+    steps when candidates are confident, and never leaves a mask."""
+    base, mask = (denoiser("llada", head_scale=30), 2) if cache == "dual" else (MODEL, MASK)
+    model = ConfidenceRecorder(base, mask)
+    ids, attn = tiny_prompts([5, 2, 4], seed=4) if cache == "dual" else prompts([5, 2, 4], seed=4)
+    out = S.generate(model, ids, gen_length=8, block_length=8, steps=4, mask_id=mask, attention_mask=attn,
+                     cache=cache, threshold=threshold)
+    canvases = [x for x, _ in model.steps] + [out]
+    for i, (x, conf) in enumerate(model.steps):
+        nxt = canvases[i + 1]
+        masked = x == mask
+        revealed = masked & (nxt != mask)
+        assert (revealed.sum(1) >= masked.sum(1).clamp(max=2)).all()  # the schedule's k is the floor
+        assert not (masked & (conf >= threshold) & ~revealed).any()  # everything above the threshold
+        assert torch.equal(nxt[~masked], x[~masked])  # revealed tokens never change
+    assert not (out == mask).any() and len(model.steps) <= 4
+    if threshold == 0.3:
+        assert len(model.steps) < 4  # confident candidates finish the block early
+
+
+@pytest.mark.parametrize("cache", ["none", "dual"])
+def test_threshold_rows_go_at_their_own_pace_and_never_reveal_less_than_one(cache):
+    """τ = 1, three blocks of 4, one token per step by the schedule: rows reveal different numbers of
+    tokens at a step (the threshold is reached in some rows only); each row with a mask left in the
+    current block reveals at least one, a row whose block is complete waits; no mask is left."""
+    base, mask = (denoiser("llada", head_scale=30), 2) if cache == "dual" else (MODEL, MASK)
+    model = ConfidenceRecorder(base, mask)
+    ids, attn = tiny_prompts([5, 2, 4, 3], seed=6) if cache == "dual" else prompts([5, 2, 4, 3], seed=6)
+    P, block = ids.shape[1], 4
+    out = S.generate(model, ids, gen_length=12, block_length=block, steps=12, temperature=1.0, mask_id=mask,
+                     attention_mask=attn, cache=cache, threshold=0.5, generator=gen(1))
+    assert not (out == mask).any() and len(model.steps) <= 12
+    canvases = [x for x, _ in model.steps] + [out]
+    counts = []
+    for x, nxt in zip(canvases, canvases[1:]):
+        masked = x == mask
+        lo = P + int(masked[:, P:].nonzero()[:, 1].min()) // block * block  # the first block with a mask
+        left = masked[:, lo:lo + block].sum(1)
+        revealed = masked & (nxt != mask)
+        assert not revealed[:, :lo].any() and not revealed[:, lo + block:].any()
+        n = revealed.sum(1)
+        assert (n >= left.clamp(max=1)).all() and (n <= left).all()
+        counts.append(n.tolist())
+    assert any(len(set(c)) > 1 for c in counts)  # rows out of step somewhere
+
+
+# ----------------------------------------------------------------------------------------------
 # Errors.
 
 @pytest.mark.parametrize("change,message", [
@@ -389,14 +542,15 @@ def test_single_token_sampling_follows_softmax():
     (dict(temperature=-0.5), "temperature must be a finite number >= 0"),
     (dict(temperature=float("nan")), "temperature must be a finite number >= 0"),
     (dict(remasking="topk_margin"), "remasking must be one of"),
-    (dict(mask_id=VOCAB), f"IndexError on the first canvas.*is mask_id {VOCAB}"),
     (dict(mask_id=-1), "mask_id must be a token id"),
     (dict(top_p=0.9), "top_p belongs to Dream's sampler"),
     (dict(top_p=1.5, remasking="entropy"), r"top_p must be in \(0, 1\]"),
-    (dict(suppress_eos=True), "need eos_id"),
+    (dict(suppress_eos=True), "suppress_eos needs eos_id"),
     (dict(eos_id=EOS), "eos_id alone changes nothing"),
-    (dict(eot_id=EOT, suppress_eos=True, eos_id=EOS), "eot_id is only used by defer_eos"),
-    (dict(defer_eos=True, eos_id=VOCAB + 3), f"eos_id {VOCAB + 3} is outside the model's vocabulary"),
+    (dict(suppress_eos=True, eos_id=VOCAB + 3), f"eos_id {VOCAB + 3} is outside the model's vocabulary"),
+    (dict(cache="kv"), "cache must be one of"),
+    (dict(threshold=0.9, remasking="entropy"), "threshold compares LLaDA's confidence"),
+    (dict(threshold=0.0), r"threshold must be a probability in \(0, 1\]"),
     (dict(attention_mask=torch.ones(2, 5)), "attention_mask must have the prompt's shape"),
     (dict(prompt_ids=torch.ones(2, 3)), "prompt_ids must be a .B, P. torch.long tensor"),
     (dict(prompt_ids=torch.ones(3, dtype=torch.long)), "prompt_ids must be a .B, P. torch.long tensor"),
@@ -413,8 +567,8 @@ def test_ids_outside_the_logits_vocabulary_are_named():
     kw = dict(gen_length=4, block_length=4, steps=4)
     with pytest.raises(ValueError, match=f"mask_id {VOCAB + 5} is outside the model's vocabulary of {VOCAB}"):
         S.generate(model, torch.full((2, 3), 5), mask_id=VOCAB + 5, **kw)
-    with pytest.raises(ValueError, match=f"eot_id {VOCAB} is outside the model's vocabulary of {VOCAB}"):
-        S.generate(model, torch.full((2, 3), 5), mask_id=MASK, defer_eos=True, eos_id=EOS, eot_id=VOCAB, **kw)
+    with pytest.raises(ValueError, match=f"eos_id {VOCAB} is outside the model's vocabulary of {VOCAB}"):
+        S.generate(model, torch.full((2, 3), 5), mask_id=MASK, suppress_eos=True, eos_id=VOCAB, **kw)
 
 
 def test_model_breaking_the_convention_is_named():
