@@ -1,9 +1,10 @@
 """train.py — GDSD reinforcement learning for masked diffusion LLMs (and the tiny model's pre-training).
 
-One RL round (the README's "The method"), visibly in order inside `rl_step`:
-    draw prompts -> G completions each (sample.generate) -> verifier rewards (reward.py)
-    -> RLOO advantages -> old / reference scores on shared mask seeds for all μ inner passes
-    -> μ optimizer passes (gradient accumulation over micro-batches and draws) -> log.
+One RL round (the README's "GDSD in one screen", whose step numbers label its phases), in order
+inside `rl_step`: draw prompts -> G completions each (eval.rollout) scored by the training reward
+(reward.py) -> advantages -> the teacher's scores (rollout policy and reference) on the masks every
+pass will draw -> μ optimizer passes (gradients accumulated over chunks and draws) -> metrics. What
+differs between algorithms is one row of the `ALGOS` table.
 
 Run:
     python train.py                                    # tiny model, sudoku, GDSD, CPU, minutes
@@ -32,6 +33,9 @@ import time
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -43,25 +47,42 @@ import sample as S
 from eval import UserError, cli, reading  # one place for user errors, shared with eval.py
 
 # ----------------------------------------------------------------------------------------------
-# Algorithms: which denoiser score each one regresses or ratios, and which loss consumes it.
+# Algorithms: everything an RL round needs to know about an objective, in one table.
 
 @dataclasses.dataclass(frozen=True)
 class Algo:
-    score: str          # "logprob" | "centered" | "elbo" (coupled-mask scores) | "one_pass" (d1) | "spg" (ELBO, EUBO)
-    advantage: str      # "rloo" | "group_mean"
-    uses_ref: bool      # whether β > 0 needs a reference policy
+    score: str         # the score of `policy_scores`: "logprob" | "centered" | "elbo" (coupled masks, step 5),
+                       # "one_pass" (d1's token log p) | "spg" (SPG's ELBO and EUBO of all its draws at once)
+    advantages: object  # step 2: (rewards (N,), G) -> (advantages (N,), share of groups whose rewards are equal)
+    loss: object       # steps 6-7: (s_θ, s_old, s_ref, chunk, args) -> (loss, metrics)
+    uses_old: bool     # whether the loss reads the rollout policy's scores
+    uses_ref: bool     # whether β > 0 needs a reference policy
+
+
+def _gdsd(s, old, ref, c, a):
+    return L.gdsd_loss(s, old, ref, c.adv, length=c.length, psi=a.psi, beta=a.beta)
+
+
+def _gdsd_official(s, old, ref, c, a):
+    return L.gdsd_official_loss(s, old, ref, c.adv, length=c.length, psi=a.psi, beta=a.beta, eps=a.eps)
 
 
 ALGOS = {
-    "gdsd": Algo("logprob", "rloo", True),
-    "gdsd-tlc": Algo("centered", "rloo", True),
-    "gdsd-official": Algo("logprob", "rloo", True),
-    "gdsd-tlc-official": Algo("elbo", "rloo", True),  # the released "TLC" trainer computes ELBO scores
-    "espo": Algo("elbo", "rloo", True),
-    "d1": Algo("one_pass", "group_mean", True),
-    "wd1": Algo("one_pass", "rloo", False),
-    "spg": Algo("spg", "group_mean", False),  # no KL term: the official SPG trainer refuses β > 0
+    "gdsd": Algo("logprob", L.rloo_advantages, _gdsd, True, True),
+    "gdsd-tlc": Algo("centered", L.rloo_advantages, _gdsd, True, True),
+    "gdsd-official": Algo("logprob", L.rloo_advantages, _gdsd_official, True, True),
+    "gdsd-tlc-official": Algo("elbo", L.rloo_advantages, _gdsd_official, True, True),  # what the "TLC" trainer computes
+    "espo": Algo("elbo", L.rloo_advantages, lambda s, old, ref, c, a: L.espo_loss(
+        s, old, ref, c.adv, length=c.length, clip_eps=a.clip_eps, beta=a.beta), True, True),
+    "d1": Algo("one_pass", L.group_mean_advantages, lambda s, old, ref, c, a: L.d1_loss(
+        s, old, ref, c.adv, clip_eps=a.clip_eps, beta=a.beta, token_mask=c.token_mask), True, True),
+    "wd1": Algo("one_pass", L.rloo_advantages, lambda s, old, ref, c, a: L.wd1_loss(
+        (s * c.token_mask).sum(-1), c.rewards, group_size=a.group_size), False, False),
+    # no KL term: the official SPG trainer refuses β > 0
+    "spg": Algo("spg", L.group_mean_advantages, lambda s, old, ref, c, a: L.spg_loss(
+        *s, c.adv, c.token_mask.sum(-1), mix_weight=a.spg_mix_weight), False, False),
 }
+
 
 ROOT = os.path.dirname(os.path.abspath(__file__))  # shipped tiny bases live in ROOT/bases
 
@@ -85,20 +106,30 @@ TINY_DEFAULTS = dict(
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # --- what to train
     g = p.add_argument_group("task and model")
     g.add_argument("--task", default="sudoku", help=f"task name, one of {sorted(R.TASKS)}")
-    g.add_argument("--data", default=None, help="local training file in the task's official format (default: the task's own generator)")
-    g.add_argument("--eval_data", default=None, help="local held-out file (default: the generator's test split); never trained on")
-    g.add_argument("--exclude_data", nargs="+", default=None, help="other held-out files the training split must not overlap (e.g. the official test file; sudoku: its solution grids, countdown: its number triples)")
-    g.add_argument("--model", default="tiny", help="'tiny', 'llada', 'dream', or a local directory with a checkpoint in the hub layout")
-    g.add_argument("--init", default=None, help="tiny only: base checkpoint directory to start RL from (default: the shipped bases/tiny-TASK, else runs/tiny-TASK-base/checkpoint, pre-trained on the fly)")
-    g.add_argument("--algo", default="gdsd", choices=sorted(ALGOS) + ["pretrain"], help="training objective ('pretrain' = masked-diffusion pre-training of the tiny model)")
+    g.add_argument("--data", default=None,
+                   help="local training file in the task's official format (default: the task's own generator)")
+    g.add_argument("--eval_data", default=None,
+                   help="local held-out file (default: the generator's test split); never trained on")
+    g.add_argument("--exclude_data", nargs="+", default=None,
+                   help="other held-out files the training split must not overlap (e.g. the official test file; "
+                        "sudoku: its solution grids, countdown: its number triples)")
+    g.add_argument("--model", default="tiny",
+                   help="'tiny', 'llada', 'dream', or a local directory with a checkpoint in the hub layout")
+    g.add_argument("--init", default=None,
+                   help="tiny only: base checkpoint directory to start RL from (default: the shipped bases/tiny-TASK, "
+                        "else runs/tiny-TASK-base/checkpoint, pre-trained on the fly)")
+    g.add_argument("--algo", default="gdsd", choices=sorted(ALGOS) + ["pretrain"],
+                   help="training objective ('pretrain' = masked-diffusion pre-training of the tiny model)")
     # --- the objective
     g = p.add_argument_group("objective (loss.py)")
     g.add_argument("--psi", type=float, help="ψ, guidance scale on the advantage")
-    g.add_argument("--beta", type=float, help="β, weight of the reference policy in the teacher / KL coefficient of the baselines")
+    g.add_argument("--beta", type=float,
+                   help="β, weight of the reference policy in the teacher / KL coefficient of the baselines")
     g.add_argument("--eps", type=float, help="ε, clamp width of the official-code log-ratio")
     g.add_argument("--clip_eps", type=float, help="PPO clip range of d1 / ESPO")
     g.add_argument("--num_mc", type=int, help="mask draws per completion and inner pass")
@@ -116,15 +147,23 @@ def build_parser():
     # --- rollouts
     g = p.add_argument_group("rollouts (sample.py)")
     g.add_argument("--gen_length", type=int, help="completion canvas length L")
-    g.add_argument("--block_length", type=int, help="semi-autoregressive block length (default: 32 for hub models; the whole completion for tiny and for --remasking entropy, Dream's order)")
+    g.add_argument("--block_length", type=int,
+                   help="semi-autoregressive block length (default: 32 for hub models; the whole completion for tiny "
+                        "and for --remasking entropy, Dream's order)")
     g.add_argument("--diffusion_steps", type=int, help="denoising steps per completion")
     g.add_argument("--temperature", type=float, help="sampling temperature τ of rollouts")
-    g.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random", "entropy"], help="order in which positions are revealed")
-    g.add_argument("--rollout_cache", default="none", choices=["none", "prefix", "dual"], help="KV cache of the rollout sampler: none = the exact sampler; prefix / dual = Fast-dLLM's caches, faster but an approximation (another rollout policy than the denoiser's)")
-    g.add_argument("--threshold", type=float, default=None, help="rollouts also reveal every candidate whose confidence softmax(z)[x] reaches this probability (Fast-dLLM's parallel decoding; --remasking low_confidence only; default: off)")
+    g.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random", "entropy"],
+                   help="order in which positions are revealed")
+    g.add_argument("--rollout_cache", default="none", choices=["none", "prefix", "dual"],
+                   help="KV cache of the rollout sampler: none = the exact sampler; prefix / dual = Fast-dLLM's "
+                        "caches, faster but an approximation (another rollout policy than the denoiser's)")
+    g.add_argument("--threshold", type=float, default=None,
+                   help="rollouts also reveal every candidate whose confidence softmax(z)[x] reaches this probability "
+                        "(Fast-dLLM's parallel decoding; --remasking low_confidence only; default: off)")
     g.add_argument("--group_size", type=int, help="G, completions per prompt")
     g.add_argument("--prompts_per_step", type=int, help="prompts per RL step, over all processes")
-    g.add_argument("--rollout_batch", type=int, help="completions per chunk (a multiple of G): the unit of generation and of gradient accumulation")
+    g.add_argument("--rollout_batch", type=int,
+                   help="completions per chunk (a multiple of G): the unit of generation and of gradient accumulation")
     g.add_argument("--max_prompt_len", type=int, help="longer prompts are an error")
     # --- optimisation
     g = p.add_argument_group("optimisation")
@@ -141,7 +180,9 @@ def build_parser():
     g.add_argument("--pretrain_steps", type=int, help="pretrain: optimizer steps")
     g.add_argument("--pretrain_batch", type=int, help="pretrain: examples per step")
     g.add_argument("--pretrain_lr", type=float, help="pretrain: AdamW learning rate")
-    g.add_argument("--pretrain_no_answer", type=float, help="pretrain: fraction of examples whose reference is the empty answer (the base then sometimes answers nothing, which the verifier scores 0)")
+    g.add_argument("--pretrain_no_answer", type=float,
+                   help="pretrain: fraction of examples whose reference is the empty answer (the base then sometimes "
+                        "answers nothing, which the verifier scores 0)")
     # --- run bookkeeping
     g = p.add_argument_group("run")
     g.add_argument("--out", default=None, help="run directory (default: runs/TASK-MODEL-ALGO)")
@@ -151,11 +192,13 @@ def build_parser():
                    help="start afresh in an --out that already holds a run, deleting its checkpoints and metrics")
     g.add_argument("--seed", type=int, default=0, help="seed of every random choice (prompts, rollouts, masks)")
     g.add_argument("--save_every", type=int, help="checkpoint every N steps (and at the end)")
-    g.add_argument("--eval_every", type=int, help="held-out evaluation every N steps (0 = only at the start and the end)")
+    g.add_argument("--eval_every", type=int,
+                   help="held-out evaluation every N steps (0 = only at the start and the end)")
     g.add_argument("--n_eval", type=int, help="held-out examples per evaluation")
     g.add_argument("--eval_gen_length", type=int, help="completion length used in evaluation")
     g.add_argument("--eval_block_length", type=int, help="block length used in evaluation")
-    g.add_argument("--eval_cache", default="none", choices=["none", "prefix", "dual"], help="KV cache of the evaluation sampler (see --rollout_cache)")
+    g.add_argument("--eval_cache", default="none", choices=["none", "prefix", "dual"],
+                   help="KV cache of the evaluation sampler (see --rollout_cache)")
     g.add_argument("--train_size", type=int, default=20000, help="generated training examples (generator tasks)")
     g.add_argument("--max_bad_steps", type=int, default=3,
                    help="stop (last good weights saved) after this many steps in a row with skipped updates "
@@ -411,7 +454,8 @@ def check_world(args, world):
     if args.algo == "pretrain":
         units, what = args.pretrain_batch, "--pretrain_batch"
     else:
-        units, what = args.prompts_per_step * args.group_size // args.rollout_batch, "the number of chunks (prompts_per_step × group_size / rollout_batch)"
+        units = args.prompts_per_step * args.group_size // args.rollout_batch
+        what = "the number of chunks (prompts_per_step × group_size / rollout_batch)"
     if units % world:
         raise UserError(f"{what} = {units} does not split over {world} processes; "
                         "choose values so that it is a multiple of the process count")
@@ -427,8 +471,8 @@ def seed_for(*parts):
 
 def shard(model, device):
     """FSDP2: shard every block, then the root; bf16 compute with fp32 gradient reduction on GPU."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" else MixedPrecisionPolicy()
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda"
+          else MixedPrecisionPolicy())
     for block in model.blocks:
         fully_shard(block, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
@@ -453,7 +497,7 @@ def build_models(args, device, world):
     if args.lora_rank > 0:
         with seeded_rng(args.seed, where):  # the adapters' initialisation draws from the global RNG
             M.add_lora(policy, args.lora_rank, args.lora_alpha, args.lora_dropout)
-    elif ALGOS.get(args.algo, Algo("", "", False)).uses_ref and args.beta > 0:
+    elif args.algo in ALGOS and ALGOS[args.algo].uses_ref and args.beta > 0:
         ref = M.load_model(path, device=where, dtype=next(policy.parameters()).dtype, seed=args.seed)
         ref.requires_grad_(False)
     if world > 1:
@@ -497,7 +541,6 @@ def reference_of(policy, ref):
 @contextlib.contextmanager
 def gathered(model):
     """Under FSDP, all-gather the weights once for a whole denoising loop instead of every step."""
-    from torch.distributed.fsdp import FSDPModule
     sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
     if not sharded:
         yield
@@ -520,11 +563,13 @@ def load_examples(task, args):
     """(training examples, held-out examples). Training never shares a key (a sudoku solution grid, a
     countdown number triple) with the held-out file, nor with any --exclude_data file."""
     held_out = task.load(args.eval_data) if args.eval_data else task.examples("test", args.n_eval, args.seed)
-    exclude = {task.key(ex) for path in [args.eval_data] + list(args.exclude_data or []) if path for ex in task.load(path)}
+    held_out_files = [f for f in [args.eval_data] + list(args.exclude_data or []) if f]
+    exclude = {task.key(ex) for f in held_out_files for ex in task.load(f)}
     if args.data:
         train = [ex for ex in task.load(args.data) if task.key(ex) not in exclude]
         if not train:
-            sys.exit(f"error: every example of --data {args.data} is also in a held-out file; nothing is left to train on")
+            raise UserError(f"every example of --data {args.data} is also in a held-out file; nothing is left to "
+                            "train on")
     else:
         train = task.examples("train", args.train_size, args.seed, exclude=exclude)
     return train, held_out[: args.n_eval]
@@ -536,7 +581,8 @@ def encode_completions(tok, texts, length):
     for i, t in enumerate(texts):
         ids = tok.encode(t)
         if len(ids) > length:
-            raise ValueError(f"reference completion of {len(ids)} tokens does not fit --gen_length {length}: {t[:60]!r}")
+            raise ValueError(f"reference completion of {len(ids)} tokens does not fit --gen_length {length}: "
+                             f"{t[:60]!r}")
         out[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     return out
 
@@ -544,7 +590,8 @@ def encode_completions(tok, texts, length):
 def evaluate(policy, tok, task, examples, args, device, rank, world):
     """The held-out evaluation (eval.py's) at this run's evaluation settings."""
     with gathered(policy):
-        return E.evaluate(policy, tok, task, examples, gen_length=args.eval_gen_length, block_length=args.eval_block_length,
+        return E.evaluate(policy, tok, task, examples, gen_length=args.eval_gen_length,
+                          block_length=args.eval_block_length,
                           batch_size=args.rollout_batch, max_prompt_len=args.max_prompt_len, device=device,
                           remasking=args.remasking, rank=rank, world=world, cache=args.eval_cache)
 
@@ -552,10 +599,30 @@ def evaluate(policy, tok, task, examples, args, device, rank, world):
 # ----------------------------------------------------------------------------------------------
 # Scores and losses of one micro-batch and one draw.
 
-def policy_scores(model, algo, batch, seed, draw, args, mask_id):
-    """The score the algorithm needs for one draw: (B,) coupled-mask score, (B, L) one-pass log p, or SPG's bounds.
-    Masks and dropout depend only on (seed, draw), so θ, old and ref are scored on the same ones."""
-    prompt_ids, attn, x0 = batch["prompt_ids"], batch["attn"], batch["x0"]
+@dataclasses.dataclass
+class Chunk:
+    """A few whole prompt groups: the unit of generation and of gradient accumulation."""
+    index: int
+    prompt_ids: torch.Tensor  # (B, P) left-padded prompts
+    attn: torch.Tensor        # (B, P) their attention mask
+    x0: torch.Tensor          # (B, L) completions
+    token_mask: torch.Tensor  # (B, L) completion tokens up to and including the first EOS
+    rewards: torch.Tensor     # (B,) training rewards
+    adv: torch.Tensor         # (B,) advantages
+    zero_std: float           # share of its groups whose rewards are all equal
+    old: list = None          # [pass][draw] scores of the rollout policy (pass 0: the policy's own, detached)
+    ref: list = None          # [pass][draw] scores of the reference policy, or None
+
+    @property
+    def length(self):
+        return self.x0.shape[1]
+
+
+def policy_scores(model, algo, chunk, seed, draw, args, mask_id):
+    """The score the algorithm needs for one draw: (B,) coupled-mask score, (B, L) one-pass log p, or
+    SPG's bounds. Masks and dropout depend only on (seed, draw), so θ, old and ref are scored on the
+    same ones."""
+    prompt_ids, attn, x0 = chunk.prompt_ids, chunk.attn, chunk.x0
     # LoRA dropout draws the same masks for θ and old on the same seeds, so S_θ = S_old at θ = θ_old
     with seeded_rng(seed_for(seed, draw, "dropout"), x0.device):
         if algo.score == "one_pass":
@@ -563,31 +630,13 @@ def policy_scores(model, algo, batch, seed, draw, args, mask_id):
                                        seed=seed_for(seed, draw), attention_mask=attn)
         if algo.score == "spg":  # all num_t draws in one call: (ELBO (B,), EUBO (B,))
             block = args.block_length if args.spg_masking == "block" else None
-            return L.spg_scores(model, prompt_ids, x0, batch["token_mask"].sum(-1), mask_id=mask_id, seed=seed,
+            return L.spg_scores(model, prompt_ids, x0, chunk.token_mask.sum(-1), mask_id=mask_id, seed=seed,
                                 num_t=args.spg_num_t, block_length=block, eubo_beta=args.spg_eubo_beta,
                                 prompt_mask_prob=args.prompt_mask_prob, attention_mask=attn)
         # draw k of the seed's forward process; the draws after it are not made
         mask = L.forward_process(seed, x0.shape[0], x0.shape[1], draw + 1, x0.device)[draw]  # (B, L)
         return L.denoiser_scores(model, prompt_ids, x0, mask, mask_id=mask_id, estimator=algo.score,
                                  attention_mask=attn)
-
-
-def algo_loss(name, s, s_old, s_ref, batch, args):
-    """Dispatch one draw's scores to the algorithm's loss (loss.py)."""
-    A, Lc = batch["adv"], batch["x0"].shape[1]
-    if name in ("gdsd", "gdsd-tlc"):
-        return L.gdsd_loss(s, s_old, s_ref, A, length=Lc, psi=args.psi, beta=args.beta)
-    if name in ("gdsd-official", "gdsd-tlc-official"):
-        return L.gdsd_official_loss(s, s_old, s_ref, A, length=Lc, psi=args.psi, beta=args.beta, eps=args.eps)
-    if name == "espo":
-        return L.espo_loss(s, s_old, s_ref, A, length=Lc, clip_eps=args.clip_eps, beta=args.beta)
-    if name == "d1":  # d1 and wd1 score tokens up to the first EOS
-        return L.d1_loss(s, s_old, s_ref, A, clip_eps=args.clip_eps, beta=args.beta, token_mask=batch["token_mask"])
-    if name == "wd1":
-        return L.wd1_loss((s * batch["token_mask"]).sum(-1), batch["rewards"], group_size=args.group_size)
-    if name == "spg":  # s = (ELBO, EUBO) per completion
-        return L.spg_loss(*s, A, batch["token_mask"].sum(-1), mix_weight=args.spg_mix_weight)
-    raise ValueError(f"unknown algorithm {name!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -681,7 +730,6 @@ def finish_rotation(out):
 
 def full_cpu_copy(policy, args):
     """A plain (unsharded) CPU copy of an FSDP-sharded policy, for writing; collective on all ranks."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     state = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.get_rank() != 0:
         return None
@@ -701,10 +749,10 @@ def save_checkpoint(args, policy, optimizer, step, metrics, first_eval, rank):
 
     No RNG state is stored: every random draw of step s (prompts, rollouts, masks, dropout) comes
     from generators seeded by (seed, s, ...), so a resumed run redraws exactly what it would have."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
     if dist.is_initialized():
         model_copy = full_cpu_copy(policy, args)
-        optim_state = get_optimizer_state_dict(policy, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        optim_state = get_optimizer_state_dict(policy, optimizer, options=options)
     else:
         model_copy, optim_state = policy, optimizer.state_dict()
     if rank == 0:
@@ -730,7 +778,6 @@ def save_checkpoint(args, policy, optimizer, step, metrics, first_eval, rank):
 def restore_checkpoint(args, policy, optimizer, device):
     """Load weights (or adapters) and optimizer state of `out/checkpoint/`, each file checked against
     the sha256 its state.json recorded; return that state."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
     ckpt = checkpoint_dir(args.out)
     state = read_state(ckpt)
     for name, digest in state.get("sha256", {}).items():
@@ -901,79 +948,73 @@ def guarded_step(optimizer, params, grad_norm):
 # One RL round.
 
 def rl_step(step, policy, ref, optimizer, tok, task, train, args, device, rank, world):
-    algo, name = ALGOS[args.algo], args.algo
-    G = args.group_size
-    n_chunks = args.prompts_per_step * G // args.rollout_batch
-    prompts_per_chunk = args.rollout_batch // G
-    my_chunks = list(range(rank, n_chunks, world))
-    mask_id = tok.mask_id
-    use_ref = algo.uses_ref and args.beta > 0
+    """One RL round, its phases labelled with the README's "GDSD in one screen" steps; returns its
+    metrics, averaged over every rank."""
+    algo, G, mu = ALGOS[args.algo], args.group_size, args.mu
+    draws = 1 if algo.score in ("one_pass", "spg") else args.num_mc  # SPG draws its num_t masks in one call
+    per_chunk = args.rollout_batch // G  # prompts per chunk
 
-    # 1. prompts of this step (the same draw on every rank; chunk c takes its slice)
+    # Steps 1-2: this step's prompts (the same draw on every rank, chunk c takes its slice), G rollouts
+    # each scored by the training reward, and the advantages within each group
+    t0 = time.time()
     rng = random.Random(seed_for(args.seed, "prompts", step))
     picks = [train[rng.randrange(len(train))] for _ in range(args.prompts_per_step)]
-
-    # 2. rollouts and rewards, G completions per prompt, chunk by chunk
-    t0 = time.time()
     policy.eval()
-    batches = []
-    for c in my_chunks:
-        examples = picks[c * prompts_per_chunk:(c + 1) * prompts_per_chunk]
+    chunks = []
+    for c in range(rank, args.prompts_per_step // per_chunk, world):
+        examples = picks[c * per_chunk:(c + 1) * per_chunk]
         style = E.prompt_style(tok)
         with gathered(policy):
             prompt_ids, attn, x0, texts, _ = E.rollout(
-                policy, tok, task, examples, style=style, gen_length=args.gen_length,
-                block_length=args.block_length, steps=args.diffusion_steps, temperature=args.temperature,
-                remasking=args.remasking, max_prompt_len=args.max_prompt_len,
-                seed=seed_for(args.seed, "rollout", step, c), device=device, repeat=G,
-                cache=args.rollout_cache, threshold=args.threshold)
-        # the training reward: each completion with the example it answers (G in a row)
+                policy, tok, task, examples, style=style, gen_length=args.gen_length, block_length=args.block_length,
+                steps=args.diffusion_steps, temperature=args.temperature, remasking=args.remasking,
+                max_prompt_len=args.max_prompt_len, seed=seed_for(args.seed, "rollout", step, c), device=device,
+                repeat=G, cache=args.rollout_cache, threshold=args.threshold)
         rewards = torch.tensor([task.reward(t, examples[i // G], style) for i, t in enumerate(texts)],
-                               dtype=torch.float32, device=device)
-        # 3. advantages within each group of G
-        if algo.advantage == "rloo":
-            adv, zero_std = L.rloo_advantages(rewards, G)
-        else:
-            adv, zero_std = L.group_mean_advantages(rewards, G)
-        batches.append(dict(chunk=c, prompt_ids=prompt_ids, attn=attn, x0=x0, rewards=rewards, adv=adv,
-                            zero_std=float(zero_std), token_mask=L.eos_completion_mask(x0, tok.eos_id)))
+                               dtype=torch.float32, device=device)  # completion i answers example i // G
+        adv, zero_std = algo.advantages(rewards, G)
+        token_mask = L.eos_completion_mask(x0, tok.eos_id)
+        chunks.append(Chunk(c, prompt_ids, attn, x0, token_mask, rewards, adv, float(zero_std)))
     t_rollout = time.time() - t0
 
-    # 4. old and reference scores, on the exact masks (and dropout) the μ inner passes will use
+    # Steps 3-5: the teacher's scores (rollout policy and reference) on the very masks and dropout each
+    # pass will draw. Pass 0 runs before any update, so its rollout-policy scores are the policy's own:
+    # they are taken (detached) from its forward below instead of computed twice.
     t1 = time.time()
     policy.train()
-    draws = 1 if algo.score in ("one_pass", "spg") else args.num_mc
-    mask_seed = lambda j, b: seed_for(args.seed, "mask", step, j, b["chunk"])
+    mask_seed = {(j, c.index): seed_for(args.seed, "mask", step, j, c.index) for j in range(mu) for c in chunks}
     with torch.no_grad():
-        for b in batches:
-            b["old"] = [[policy_scores(policy, algo, b, mask_seed(j, b), k, args, mask_id) for k in range(draws)] for j in range(args.mu)]
-            b["ref"] = [[None] * draws for _ in range(args.mu)]
-            if use_ref:
+        for c in chunks:
+            c.old = [[None] * draws] + [[policy_scores(policy, algo, c, mask_seed[j, c.index], k, args, tok.mask_id)
+                                         for k in range(draws)] for j in range(1, mu)] if algo.uses_old else None
+            if algo.uses_ref and args.beta > 0:
                 with reference_of(policy, ref) as ref_model:
-                    b["ref"] = [[policy_scores(ref_model, algo, b, mask_seed(j, b), k, args, mask_id) for k in range(draws)] for j in range(args.mu)]
+                    c.ref = [[policy_scores(ref_model, algo, c, mask_seed[j, c.index], k, args, tok.mask_id)
+                              for k in range(draws)] for j in range(mu)]
 
-    # 5. μ optimizer passes: gradients summed over draws, averaged over chunks (and ranks)
+    # Steps 6-8: μ optimizer passes, the loss's gradient summed over draws, averaged over chunks (and
+    # ranks); an update is skipped on every rank when any rank's loss is not finite
     lr = args.lr * min(1.0, (step + 1) / args.warmup) if args.warmup else args.lr
     for group in optimizer.param_groups:
         group["lr"] = lr
     params = [p for p in policy.parameters() if p.requires_grad]
-    sums, n_terms, grad_norms, skipped, nonfinite_losses = {}, 0, [], 0, 0
-    for j in range(args.mu):
+    sums, grad_norms, skipped, nonfinite_losses = {"terms": 0.0}, [], 0, 0
+    for j in range(mu):
         bad_terms = 0
-        for i, b in enumerate(batches):
+        for i, c in enumerate(chunks):
             for k in range(draws):
                 if dist.is_initialized():  # reduce gradients across ranks once, on the last backward
-                    policy.set_requires_gradient_sync(i == len(batches) - 1 and k == draws - 1)
-                s = policy_scores(policy, algo, b, mask_seed(j, b), k, args, mask_id)
-                loss, metrics = algo_loss(name, s, b["old"][j][k], b["ref"][j][k], b, args)
-                (loss / len(batches)).backward()
-                for key, v in {"loss": loss.detach(), **metrics}.items():
+                    policy.set_requires_gradient_sync(i == len(chunks) - 1 and k == draws - 1)
+                s = policy_scores(policy, algo, c, mask_seed[j, c.index], k, args, tok.mask_id)
+                s_old = (s.detach() if j == 0 else c.old[j][k]) if algo.uses_old else None
+                loss, metrics = algo.loss(s, s_old, c.ref[j][k] if c.ref else None, c, args)
+                (loss / len(chunks)).backward()
+                for key, v in {"loss": loss.detach(), **metrics, "terms": 1}.items():
                     sums[key] = sums.get(key, 0.0) + float(v)
-                n_terms += 1
                 bad_terms += not math.isfinite(float(loss.detach()))  # (a NaN loss can have a finite gradient)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        bad_terms = int(E.all_sum([bad_terms], device)[0])  # a bad term on any rank skips the update on all
+        bad_terms = int(E.all_sum([bad_terms], device)[0])
         nonfinite_losses += bad_terms
         if bad_terms or not guarded_step(optimizer, params, grad_norm):
             skipped += 1
@@ -981,22 +1022,20 @@ def rl_step(step, policy, ref, optimizer, tok, task, train, args, device, rank, 
         grad_norms.append(grad_norm)
     t_update = time.time() - t1
 
-    # 6. metrics, summed over ranks
-    rewards = torch.cat([b["rewards"] for b in batches])
-    group_std = rewards.view(-1, G).std(dim=1, unbiased=False)
-    keys = sorted(sums)
-    local = [rewards.sum().item(), group_std.sum().item(), sum(b["zero_std"] for b in batches), len(batches),
-             rewards.numel(), (~torch.isfinite(rewards)).sum().item()]
-    total = E.all_sum(local + [sums[k] for k in keys] + [n_terms], device)
-    r_sum, std_sum, zero_sum, n_b, n_r, bad_rewards = total[:6]
-    out = {"reward": r_sum / n_r, "reward_std": std_sum / (n_r / G), "zero_std": zero_sum / n_b}
-    out.update({k: v / total[-1] for k, v in zip(keys, total[6:-1])})
-    out["grad_norm"] = sum(grad_norms) / len(grad_norms)
-    out["skipped_updates"] = skipped
-    out["nonfinite_losses"], out["nonfinite_rewards"] = nonfinite_losses, int(bad_rewards)
-    out["rollout_s"], out["update_s"] = t_rollout, t_update
-    out["tokens_per_s"] = n_r * args.gen_length / max(t_rollout + t_update, 1e-9)
-    out["lr"] = lr
+    # Metrics, summed over ranks before dividing
+    rewards = torch.cat([c.rewards for c in chunks])
+    sums.update(rewards=rewards.sum().item(), completions=rewards.numel(), chunks=len(chunks),
+                group_std=rewards.view(-1, G).std(dim=1, unbiased=False).sum().item(),
+                zero_std=sum(c.zero_std for c in chunks), nonfinite_rewards=(~torch.isfinite(rewards)).sum().item())
+    total = dict(zip(sums, E.all_sum(list(sums.values()), device)))
+    n = total["completions"]
+    out = {"reward": total["rewards"] / n, "reward_std": total["group_std"] / (n / G),
+           "zero_std": total["zero_std"] / total["chunks"]}
+    out.update({k: total[k] / total["terms"] for k in sums if k not in out and k not in
+                ("terms", "rewards", "completions", "chunks", "group_std", "nonfinite_rewards")})
+    out.update(grad_norm=sum(grad_norms) / len(grad_norms), skipped_updates=skipped, nonfinite_losses=nonfinite_losses,
+               nonfinite_rewards=int(total["nonfinite_rewards"]), rollout_s=t_rollout, update_s=t_update,
+               tokens_per_s=n * args.gen_length / max(t_rollout + t_update, 1e-9), lr=lr)
     return out
 
 
@@ -1015,11 +1054,13 @@ def pretrain_step(step, policy, optimizer, tok, task, train, args, device, rank,
     x0 = encode_completions(tok, references, args.gen_length)  # "" = all EOS
     prompt_ids, attn, x0 = prompt_ids.to(device), attn.to(device), x0.to(device)
     # masks drawn for the whole global batch, so the run does not depend on the number of processes
-    mask = L.forward_process(seed_for(args.seed, "pretrain-mask", step), args.pretrain_batch, x0.shape[1], 1, device)[0][rank::world]
+    masks = L.forward_process(seed_for(args.seed, "pretrain-mask", step), args.pretrain_batch, x0.shape[1], 1, device)
+    mask = masks[0][rank::world]
     policy.train()
     for group in optimizer.param_groups:  # cosine decay to 10% keeps the end of pre-training stable
         group["lr"] = args.pretrain_lr * (0.55 + 0.45 * math.cos(math.pi * step / args.pretrain_steps))
-    loss = -L.denoiser_scores(policy, prompt_ids, x0, mask, mask_id=tok.mask_id, estimator="elbo", attention_mask=attn).mean() / x0.shape[1]
+    elbo = L.denoiser_scores(policy, prompt_ids, x0, mask, mask_id=tok.mask_id, estimator="elbo", attention_mask=attn)
+    loss = -elbo.mean() / x0.shape[1]
     loss.backward()
     params = [p for p in policy.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
@@ -1031,18 +1072,6 @@ def pretrain_step(step, policy, optimizer, tok, task, train, args, device, rank,
 
 
 # ----------------------------------------------------------------------------------------------
-
-def main(argv=None):
-    args = parse_args(argv)
-    rank, world, device, why = E.setup_distributed()
-    E.log0(f"[setup] {why}")
-    if args.model == "tiny" and args.algo != "pretrain" and not args.resume:
-        ensure_tiny_base(args, rank, world, device)
-    result = run(args, rank, world, device)
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return result
-
 
 def tiny_base_run(task):
     """Where RL on `tiny` pre-trains its base on the fly when bases/tiny-TASK is not shipped."""
@@ -1070,7 +1099,8 @@ def ensure_tiny_base(args, rank, world, device):
                             "it again, or pass the values it was made with")
         if state["step"] >= args.pretrain_steps:
             return
-    E.log0(f"[setup] no finished base checkpoint in {base_run}: pre-training the tiny model first (deterministic, once)")
+    E.log0(f"[setup] no finished base checkpoint in {base_run}: pre-training the tiny model first "
+           "(deterministic, once)")
     argv = (["--resume", base_run] if ckpt is not None else
             ["--task", args.task, "--algo", "pretrain", "--seed", "0", "--out", base_run, "--overwrite"]
             + [arg for k, v in wanted.items() for arg in (f"--{k}", str(v))])
@@ -1108,7 +1138,6 @@ def run(args, rank, world, device):
                 truncate_metrics(args, start)
             E.log0(f"[resume] from step {start} of {checkpoint_dir(args.out)}")
         total = args.pretrain_steps if args.algo == "pretrain" else args.steps
-        step_fn = pretrain_step if args.algo == "pretrain" else lambda *a: rl_step(a[0], a[1], ref, *a[2:])
         eval_every = args.eval_every if args.eval_every > 0 else total  # 0: at the start and the end only
         if start == 0:
             first_eval = evaluate(policy, tok, task, test, args, device, rank, world)
@@ -1116,7 +1145,10 @@ def run(args, rank, world, device):
             metrics = {"eval": first_eval}
         bad = 0
         for step in range(start + 1, total + 1):
-            metrics = step_fn(step, policy, optimizer, tok, task, train, args, device, rank, world)
+            if args.algo == "pretrain":
+                metrics = pretrain_step(step, policy, optimizer, tok, task, train, args, device, rank, world)
+            else:
+                metrics = rl_step(step, policy, ref, optimizer, tok, task, train, args, device, rank, world)
             bad = bad + 1 if metrics["skipped_updates"] else 0
             if step % eval_every == 0 or step == total:
                 metrics["eval"] = evaluate(policy, tok, task, test, args, device, rank, world)
@@ -1132,6 +1164,18 @@ def run(args, rank, world, device):
             E.log0(f"[result] held-out {args.task} accuracy: start {first_eval['accuracy']:.3f} -> "
                    f"end {metrics['eval']['accuracy']:.3f} ({checkpoint_dir(args.out)})")
         return {"first_eval": first_eval, **metrics}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rank, world, device, why = E.setup_distributed()
+    E.log0(f"[setup] {why}")
+    if args.model == "tiny" and args.algo != "pretrain" and not args.resume:
+        ensure_tiny_base(args, rank, world, device)
+    result = run(args, rank, world, device)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return result
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import runpy
 import shutil
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -416,8 +417,8 @@ def test_each_objective_flag_is_allowed_exactly_for_the_algorithms_whose_loss_re
     B, Lc, G = 8, 6, 4
     s, s_old, s_ref = (torch.randn(B) * 3 for _ in range(3))
     tok_s, tok_old, tok_ref = (torch.randn(B, Lc) for _ in range(3))
-    batch = {"adv": torch.randn(B), "x0": torch.zeros(B, Lc, dtype=torch.long), "rewards": torch.rand(B),
-             "token_mask": torch.ones(B, Lc)}
+    batch = types.SimpleNamespace(adv=torch.randn(B), x0=torch.zeros(B, Lc, dtype=torch.long), rewards=torch.rand(B),
+                                  token_mask=torch.ones(B, Lc), length=Lc)
     base = dict(psi=1.0, beta=0.1, eps=0.3, clip_eps=0.1, group_size=G, spg_mix_weight=0.5)
     changed = dict(psi=2.0, beta=0.3, eps=0.5, clip_eps=0.4, spg_mix_weight=0.9)
     for name, algo in T.ALGOS.items():
@@ -426,7 +427,7 @@ def test_each_objective_flag_is_allowed_exactly_for_the_algorithms_whose_loss_re
         scores = {"one_pass": (tok_s, tok_old, tok_ref), "spg": ((s, s_ref), None, None)}.get(algo.score, (s, s_old, s_ref))
         for flag, value in changed.items():
             a, b = argparse.Namespace(**base), argparse.Namespace(**dict(base, **{flag: value}))
-            differs = not torch.equal(T.algo_loss(name, *scores, batch, a)[0], T.algo_loss(name, *scores, batch, b)[0])
+            differs = not torch.equal(algo.loss(*scores, batch, a)[0], algo.loss(*scores, batch, b)[0])
             assert differs == (getattr(args, flag) is not None), (name, flag)
         single_call = algo.score in ("one_pass", "spg")  # their estimators draw their own masks
         assert (args.num_mc is None) == single_call and (args.prompt_mask_prob is None) != single_call
@@ -485,10 +486,10 @@ def weights_of(path):
 
 def test_nan_losses_and_rewards_are_counted_skipped_and_logged_as_strict_json(tmp_path, monkeypatch, capsys):
     """Before: a NaN loss with a finite gradient trained on, and metrics held bare NaN tokens."""
-    real_loss, real_score = T.algo_loss, T.R.Sudoku._reward
+    real_loss, real_score = T.ALGOS["gdsd"].loss, T.R.Sudoku._reward
 
-    def nan_loss_at_step_1(name, s, *a):
-        loss, metrics = real_loss(name, s, *a)
+    def nan_loss_at_step_1(*a):
+        loss, metrics = real_loss(*a)
         return (loss + torch.tensor(math.nan) if len(calls) == 1 else loss), metrics  # the gradient stays finite
 
     def one_nan_reward_at_step_2(self, text, ex, style):
@@ -497,7 +498,7 @@ def test_nan_losses_and_rewards_are_counted_skipped_and_logged_as_strict_json(tm
 
     calls, rewards, real_step = [], [], T.rl_step
     monkeypatch.setattr(T, "rl_step", lambda step, *a: (calls.append(step), rewards.clear(), real_step(step, *a))[2])
-    monkeypatch.setattr(T, "algo_loss", nan_loss_at_step_1)
+    monkeypatch.setitem(T.ALGOS, "gdsd", dataclasses.replace(T.ALGOS["gdsd"], loss=nan_loss_at_step_1))
     monkeypatch.setattr(T.R.Sudoku, "_reward", one_nan_reward_at_step_2)
     out = str(tmp_path / "run")
     T.main(TINY_RUN + ["--steps", "2", "--out", out])
@@ -525,8 +526,8 @@ def test_an_exploding_learning_rate_stops_with_the_last_good_weights_saved(tmp_p
 
 def lora_batch(B=4, P=5, Lc=6):
     g = torch.Generator().manual_seed(0)
-    return {"prompt_ids": torch.randint(3, 90, (B, P), generator=g), "attn": torch.ones(B, P, dtype=torch.bool),
-            "x0": torch.randint(3, 90, (B, Lc), generator=g)}
+    return types.SimpleNamespace(prompt_ids=torch.randint(3, 90, (B, P), generator=g),
+                                 attn=torch.ones(B, P, dtype=torch.bool), x0=torch.randint(3, 90, (B, Lc), generator=g))
 
 
 def test_policy_scores_take_masks_and_dropout_from_their_seed_and_leave_the_global_rng_alone(monkeypatch):
@@ -552,8 +553,8 @@ def test_policy_scores_take_masks_and_dropout_from_their_seed_and_leave_the_glob
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(masks[0], L.forward_process(42, 4, 6, 3)[2]) and torch.equal(masks[1], masks[0])  # draw 2 of the seed
     with T.seeded_rng(T.seed_for(42, 2, "dropout"), torch.device("cpu")):
-        assert torch.equal(real(model, batch["prompt_ids"], batch["x0"], masks[0], mask_id=2, estimator="logprob",
-                                attention_mask=batch["attn"]), a)
+        assert torch.equal(real(model, batch.prompt_ids, batch.x0, masks[0], mask_id=2, estimator="logprob",
+                                attention_mask=batch.attn), a)
     model.eval()
     assert not torch.equal(T.policy_scores(model, algo, batch, 42, 2, args, mask_id=2), a)  # dropout was on
 
