@@ -132,7 +132,9 @@ def encode_prompts(tok, task, examples, style, max_len):
     rows = [tok.encode(tok.format_prompt(task.prompt(ex, style))) for ex in examples]
     too_long = [i for i, r in enumerate(rows) if len(r) > max_len]
     if too_long:
-        raise ValueError(f"{len(too_long)} prompt(s) exceed --max_prompt_len {max_len} tokens (longest {max(len(rows[i]) for i in too_long)}); raise --max_prompt_len")
+        longest = max(len(rows[i]) for i in too_long)
+        raise ValueError(f"{len(too_long)} prompt(s) exceed --max_prompt_len {max_len} tokens (longest {longest}); "
+                         "raise --max_prompt_len")
     P = max(len(r) for r in rows)
     ids = torch.full((len(rows), P), tok.pad_id, dtype=torch.long)
     attn = torch.zeros((len(rows), P), dtype=torch.bool)
@@ -236,21 +238,35 @@ def select_examples(examples, n, seeded):
 # ----------------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--task", default="sudoku", help=f"task name, one of {sorted(R.TASKS)}")
-    p.add_argument("--model", default="tiny", help="'tiny', 'llada', 'dream', or a checkpoint directory in the hub layout")
-    p.add_argument("--data", default=None, help="test file in the task's official format (default: the generator's test split)")
-    p.add_argument("--n_eval", type=int, default=256, help="number of test examples (from a file: the seeded subset, see --first)")
-    p.add_argument("--first", action="store_true", help="take the first N examples of --data instead of the d1-family seeded subset")
-    p.add_argument("--gen_lengths", type=int, nargs="+", default=None, help="completion lengths (default: 128 256 512; tiny: the task's length)")
+    p.add_argument("--model", default="tiny",
+                   help="'tiny', 'llada', 'dream', or a checkpoint directory in the hub layout")
+    p.add_argument("--data", default=None,
+                   help="test file in the task's official format (default: the generator's test split)")
+    p.add_argument("--n_eval", type=int, default=256,
+                   help="number of test examples (from a file: the seeded subset, see --first)")
+    p.add_argument("--first", action="store_true",
+                   help="take the first N examples of --data instead of the d1-family seeded subset")
+    p.add_argument("--gen_lengths", type=int, nargs="+", default=None,
+                   help="completion lengths (default: 128 256 512; tiny: the task's length)")
     p.add_argument("--block_length", type=int, default=32, help="block length (capped at the gen length)")
     p.add_argument("--batch_size", type=int, default=64, help="prompts decoded together per rank")
     p.add_argument("--max_prompt_len", type=int, default=400, help="longer prompts are an error")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated test split")
-    p.add_argument("--cache", default="none", choices=["none", "prefix", "dual"], help="KV cache of the sampler: none = the exact sampler; prefix / dual = faster approximations (Fast-dLLM)")
-    p.add_argument("--threshold", type=float, default=None, help="also reveal every candidate whose confidence reaches this probability (an approximation; default off)")
-    p.add_argument("--suppress_eos", action="store_true", help="never sample EOS (LLaDA's logits_eos_inf): scores the model forced to give a full-length answer")
-    p.add_argument("--out", default=None, help="JSON file for numbers, config and completions (default: next to the checkpoint, or eval-TASK.json)")
+    p.add_argument("--cache", default="none", choices=["none", "prefix", "dual"],
+                   help="KV cache of the sampler: none = the exact sampler; prefix / dual = faster approximations "
+                        "(Fast-dLLM)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="also reveal every candidate whose confidence reaches this probability (an approximation; "
+                        "default off)")
+    p.add_argument("--suppress_eos", action="store_true",
+                   help="never sample EOS (LLaDA's logits_eos_inf): scores the model forced to give a full-length "
+                        "answer")
+    p.add_argument("--out", default=None,
+                   help="JSON file for numbers, config and completions (default: next to the checkpoint, or "
+                        "eval-TASK.json)")
     args = p.parse_args(argv)
     if args.task not in R.TASKS:
         p.error(f"unknown task {args.task!r}; known tasks: {sorted(R.TASKS)}")
@@ -283,7 +299,8 @@ def main(argv=None):
     for gen_length in lengths:
         t0 = time.time()
         records = []
-        summary = evaluate(model, tok, task, examples, gen_length=gen_length, block_length=min(args.block_length, gen_length),
+        summary = evaluate(model, tok, task, examples, gen_length=gen_length,
+                           block_length=min(args.block_length, gen_length),
                            batch_size=args.batch_size, max_prompt_len=args.max_prompt_len, device=device, rank=rank,
                            world=world, suppress_eos=args.suppress_eos, records=records, progress=f"gen {gen_length}",
                            cache=args.cache, threshold=args.threshold)
@@ -296,7 +313,8 @@ def main(argv=None):
 
     if rank == 0:
         print_table(args.task, results)
-        out = args.out or (os.path.join(path, f"eval-{args.task}.json") if os.path.isdir(path) else f"eval-{args.task}.json")
+        name = f"eval-{args.task}.json"
+        out = args.out or (os.path.join(path, name) if os.path.isdir(path) else name)
         with open(out, "w") as f:
             json.dump({"config": vars(args), "n_examples": len(examples), "results": results}, f, indent=1)
         print(f"[eval] wrote {out}")
@@ -310,7 +328,8 @@ def print_table(task, results):
     keys = first + sorted({k for r in results.values() for k in r["metrics"]} - set(first))
     print(f"\n{task}: " + " | ".join(["gen len"] + keys + ["seconds"]))
     for gen_length, r in results.items():
-        print(f"{task}: " + " | ".join([f"{gen_length:7d}"] + [f"{r['metrics'][k]:.4f}" for k in keys] + [f"{r['seconds']:.1f}"]))
+        cells = [f"{gen_length:7d}"] + [f"{r['metrics'][k]:.4f}" for k in keys] + [f"{r['seconds']:.1f}"]
+        print(f"{task}: " + " | ".join(cells))
 
 
 if __name__ == "__main__":

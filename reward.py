@@ -43,6 +43,7 @@ Imports only the standard library.
 """
 import ast
 import builtins
+import inspect
 import itertools
 import json
 import math
@@ -53,11 +54,13 @@ import secrets
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
 
 STYLES = ("chat", "tiny")
 FORMAT = "Respond in this format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>"
@@ -336,14 +339,16 @@ class Sudoku(Task):
         """The official CSV: header `Puzzle,Solution`, then 16-character rows ('0' = blank)."""
         lines = read_rows(path, "sudoku")
         if not lines or lines[0].replace(" ", "").lower() != "puzzle,solution":
-            raise ValueError(f"{path}, line 1: expected the header 'Puzzle,Solution', got {lines[0][:40] if lines else ''!r}")
+            got = lines[0][:40] if lines else ""
+            raise ValueError(f"{path}, line 1: expected the header 'Puzzle,Solution', got {got!r}")
         out = []
         for n, line in enumerate(lines[1:], start=2):
             if not line.strip():
                 continue
             parts = [p.strip() for p in line.split(",")]
             if len(parts) != 2 or not all(re.fullmatch(r"[0-4]{16}", p) for p in parts):
-                raise ValueError(f"{path}, line {n}: expected two 16-digit strings 'puzzle,solution', got {line[:50]!r}")
+                raise ValueError(f"{path}, line {n}: expected two 16-digit strings 'puzzle,solution', "
+                                 f"got {line[:50]!r}")
             puzzle, sol = parts
             if not valid_grid(sol) or any(p != "0" and p != s for p, s in zip(puzzle, sol)):
                 raise ValueError(f"{path}, line {n}: the solution is not a valid grid consistent with the puzzle")
@@ -366,7 +371,8 @@ class Sudoku(Task):
         self._check_style(style)
         if style == "tiny":
             return ex["solution"]
-        return f"<reasoning>\nEach blank takes the digit missing from its row, column and box.\n</reasoning>\n<answer>\n{ex['solution']}\n</answer>"
+        return ("<reasoning>\nEach blank takes the digit missing from its row, column and box.\n</reasoning>\n"
+                f"<answer>\n{ex['solution']}\n</answer>")
 
     def _reward(self, text, ex, style):
         """gdsd/rewards.py reward_func_sudoku: the digits (str.isdigit) of the last <answer>, padded
@@ -381,7 +387,8 @@ class Sudoku(Task):
         the test set before dividing (cell accuracy); "solved": every blank right."""
         guess = digits_of(raw.strip(), 16) if style == "tiny" else sudoku_eval_answer(raw)
         right, blanks = sudoku_cells(guess, ex) if guess else (0, sudoku_cells("", ex)[1])
-        return {"correct": right, "total": blanks, "answered": float(bool(guess)), "solved": float(bool(guess) and right == blanks)}
+        return {"correct": right, "total": blanks, "answered": float(bool(guess)),
+                "solved": float(bool(guess) and right == blanks)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -503,7 +510,8 @@ def _evaluate(tokens):
             prec = _BINARY[tok][0]
             # left-associative operators reduce equal precedence first; ** is right-associative, and
             # a unary minus waiting on the left of ** applies to the whole power (-2**2 == -4)
-            while ops and ops[-1] != "(" and (precedence(ops[-1]) > prec or (precedence(ops[-1]) == prec and tok != "**")):
+            while ops and ops[-1] != "(" and (precedence(ops[-1]) > prec
+                                              or (precedence(ops[-1]) == prec and tok != "**")):
                 reduce_top()
             ops.append(("b", tok))
             expect_operand = True
@@ -570,7 +578,6 @@ def countdown_eval_equation(raw):
 def solve_countdown(numbers):
     """{integer value: an expression using every number exactly once} over + - * / and any order:
     every way of combining two of the numbers, then the result with the rest (exact fractions)."""
-    from fractions import Fraction
     found = {}
 
     def combine(items):  # items: list of (exact value, expression string)
@@ -583,9 +590,10 @@ def solve_countdown(numbers):
             (a, ea), (b, eb) = items[i], items[j]
             rest = [items[k] for k in range(len(items)) if k not in (i, j)]
             results = [(a + b, f"{ea}+{eb}"), (a * b, f"({ea})*({eb})")]
-            results += [(x - y, f"{ex}-({ey})" if "+" in ey or "-" in ey else f"{ex}-{ey}") for x, ex, y, ey in ((a, ea, b, eb), (b, eb, a, ea))]
-            results += [(x // y if type(x) is type(y) is int and x % y == 0 else Fraction(x) / y, f"({ex})/({ey})")
-                        for x, ex, y, ey in ((a, ea, b, eb), (b, eb, a, ea)) if y != 0]
+            for x, ex, y, ey in ((a, ea, b, eb), (b, eb, a, ea)):  # both orders of - and /
+                results.append((x - y, f"{ex}-({ey})" if "+" in ey or "-" in ey else f"{ex}-{ey}"))
+                if y != 0:
+                    results.append((Fraction(x) / y, f"({ex})/({ey})"))
             for r in results:
                 combine(rest + [r])
 
@@ -605,7 +613,6 @@ class Countdown(Task):
         1..100, of a random expression over them ((a∘b)∘c or c∘(a∘b), random order and operators),
         kept as the reference. Train and test use different number triples (test: sorted triples with
         an odd hash), and never a triple in `exclude`."""
-        from fractions import Fraction
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         exclude = set(exclude)
@@ -657,7 +664,9 @@ class Countdown(Task):
         expr = ex.get("reference") or solve_countdown(ex["numbers"]).get(ex["target"])
         if expr is None:
             raise ValueError(f"countdown target {ex['target']} is not reachable from {ex['numbers']}")
-        return expr if style == "tiny" else f"<reasoning>\nTry the operations in turn.\n</reasoning>\n<answer>\n{expr}\n</answer>"
+        if style == "tiny":
+            return expr
+        return f"<reasoning>\nTry the operations in turn.\n</reasoning>\n<answer>\n{expr}\n</answer>"
 
     def _reward(self, text, ex, style):
         """gdsd/rewards.py reward_func_countdown: no <answer> 0; an answer (even empty) whose numbers
@@ -670,7 +679,8 @@ class Countdown(Task):
     def accuracy(self, raw, ex, style):
         """eval/parse_and_get_acc.py parse_countdown_answers: the equation it extracts reaches the target."""
         equation = raw.strip() if style == "tiny" else countdown_eval_equation(raw)
-        return {"correct": float(countdown_correct(equation, ex)), "total": 1, "answered": float(bool(equation.strip()))}
+        return {"correct": float(countdown_correct(equation, ex)), "total": 1,
+                "answered": float(bool(equation.strip()))}
 
 
 def _strict_int(x):
@@ -785,7 +795,8 @@ class GSM8K(Task):
             m = _HASH_ANSWER.search(answer)
             if "####" not in answer or not m:
                 raise ValueError(f"{path}, line {n}: the answer must end with '#### <number>', got {answer[-40:]!r}")
-            out.append({"question": text_field(row, ["question"], path, n), "answer": answer.split("####", 1)[1].strip(),
+            out.append({"question": text_field(row, ["question"], path, n),
+                        "answer": answer.split("####", 1)[1].strip(),
                         "value": float(m.group(1).replace(",", "")), "solution": answer.split("####", 1)[0].strip()})
         return out
 
@@ -815,7 +826,8 @@ class GSM8K(Task):
         """math_eval/parse_and_get_acc.py parse_gsm_answers: the number read (`gsm8k_eval_number`)
         equals the reference as a float."""
         value = gsm8k_eval_number(raw)
-        return {"correct": float(value is not None and value == ex["value"]), "total": 1, "answered": float(value is not None)}
+        return {"correct": float(value is not None and value == ex["value"]), "total": 1,
+                "answered": float(value is not None)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1084,7 +1096,8 @@ def _encode(value, register, depth=0):
         return value if -(1 << 53) < value < 1 << 53 else {"i": hex(value)}
     if depth < 64:
         if t is list or t is tuple or t is set or t is frozenset:
-            return {{list: "l", tuple: "t", set: "s", frozenset: "fs"}[t]: [_encode(v, register, depth + 1) for v in value]}
+            tag = {list: "l", tuple: "t", set: "s", frozenset: "fs"}[t]
+            return {tag: [_encode(v, register, depth + 1) for v in value]}
         if t is dict:
             return {"d": [[_encode(k, register, depth + 1), _encode(v, register, depth + 1)] for k, v in value.items()]}
         if t is bytes:
@@ -1154,8 +1167,9 @@ if os.geteuid() == 0:
         os.setresgid(65534, 65534, 65534)
         os.setresuid(65534, 65534, 65534)
     isolated.append("uid")
-for limit, value in ((resource.RLIMIT_CPU, job["cpu"]), (resource.RLIMIT_FSIZE, job["fsize"]), (resource.RLIMIT_CORE, 0),
-                     (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_AS, job["memory"]), (resource.RLIMIT_NPROC, 0)):
+for limit, value in ((resource.RLIMIT_CPU, job["cpu"]), (resource.RLIMIT_FSIZE, job["fsize"]),
+                     (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_AS, job["memory"]),
+                     (resource.RLIMIT_NPROC, 0)):
     resource.setrlimit(limit, (value, value))
 libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no ptrace, no /proc/PID/mem or environ for same-uid processes
 send({"ready": isolated})
@@ -1273,7 +1287,7 @@ class _Sandbox:
             os.chown(self.workdir, uid, uid)
         job = {"program": program, "run": run, "uid": uid, "hide": _hidden_directories(), "cpu": SANDBOX_CPU_SECONDS,
                "memory": SANDBOX_MEMORY, "fsize": SANDBOX_FILE_BYTES}
-        harness = "\n".join(inspect_source(f) for f in (_encode, _decode)) + _SANDBOX_MAIN
+        harness = "\n".join(inspect.getsource(f) for f in (_encode, _decode)) + _SANDBOX_MAIN
         self.proc = subprocess.Popen([sandbox_python(), "-I", "-S", "-c", harness], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=self.workdir,
                                      env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, start_new_session=True)
@@ -1349,11 +1363,6 @@ class _Sandbox:
 
 def _refuse(value):
     raise TypeError(f"a test argument of type {type(value).__name__} cannot be sent to the sandbox")
-
-
-def inspect_source(function):
-    import inspect
-    return inspect.getsource(function)
 
 
 def _test_names(code):
@@ -1436,7 +1445,6 @@ def _hidden_directories():
 
 def _world_executable(path):
     """Whether any user may run `path`: the file and every directory above it are executable by others."""
-    import stat
     path = os.path.realpath(path)
     parts = [path] + [os.path.dirname(path)]
     while parts[-1] != os.path.dirname(parts[-1]):
