@@ -160,10 +160,11 @@ def completion_texts(tok, x0):
 
 @torch.no_grad()
 def rollout(model, tok, task, examples, *, style, gen_length, block_length, steps, temperature,
-            remasking, max_prompt_len, seed, device, repeat=1, suppress_eos=False, cache="none", threshold=None):
+            remasking, max_prompt_len, seed, device, repeat=1, suppress_eos=False, cache="none", threshold=None,
+            top_p=None):
     """`repeat` completions per example from the sampler (`suppress_eos`: EOS is never sampled, so
     every completion fills the whole canvas; `cache`, `threshold`: sample.generate's faster
-    approximations of the exact sampler).
+    approximations of the exact sampler; `top_p`: Dream's nucleus filter).
 
     Returns prompt ids, attention mask, completion ids (N·repeat, L), and the two texts of each
     completion (`completion_texts`)."""
@@ -174,7 +175,7 @@ def rollout(model, tok, task, examples, *, style, gen_length, block_length, step
     canvas = S.generate(model, prompt_ids, gen_length=gen_length, steps=steps, block_length=block_length,
                         temperature=temperature, remasking=remasking, mask_id=tok.mask_id,
                         attention_mask=attn, generator=gen, eos_id=tok.eos_id if suppress_eos else None,
-                        suppress_eos=suppress_eos, cache=cache, threshold=threshold)
+                        suppress_eos=suppress_eos, cache=cache, threshold=threshold, top_p=top_p)
     x0 = canvas[:, prompt_ids.shape[1]:]
     texts, raws = completion_texts(tok, x0.cpu())
     return prompt_ids, attn, x0, texts, raws

@@ -92,14 +92,16 @@ class ModelConfig:
         if self.family not in ("llada", "dream"):
             raise ValueError(f"family must be 'llada' or 'dream', got {self.family!r}")
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
-            raise ValueError(f"d_model {self.d_model} must split into {self.n_heads} heads of even size (RoPE rotates pairs)")
+            raise ValueError(f"d_model {self.d_model} must split into {self.n_heads} heads of even size "
+                             "(RoPE rotates pairs)")
         if self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads {self.n_heads} must be a multiple of n_kv_heads {self.n_kv_heads}")
         for name in ("mask_id", "eos_id", "pad_id"):
             value = getattr(self, name)
             if not 0 <= value < self.vocab_size:
                 raise ValueError(f"{name} = {value} lies outside the vocabulary [0, {self.vocab_size}); "
-                                 f"set it to a token id of this model (config.json: mask_token_id / eos_token_id / pad_token_id)")
+                                 "set it to a token id of this model (config.json: mask_token_id / eos_token_id / "
+                                 "pad_token_id)")
 
     @property
     def head_dim(self):
@@ -355,7 +357,8 @@ def add_lora(model, rank, alpha, dropout=0.0, targets=None):
     targets = list(table) if targets is None else list(targets)
     unknown = [t for t in targets if t not in table]
     if unknown:
-        raise ValueError(f"unknown LoRA target(s) {unknown} for the {model.config.family} layout; choose from {list(table)}")
+        raise ValueError(f"unknown LoRA target(s) {unknown} for the {model.config.family} layout; "
+                         f"choose from {list(table)}")
     model.requires_grad_(False)
     params = []
     for block in model.blocks:
@@ -527,13 +530,15 @@ def hub_names(cfg):
     """{internal parameter name: hub weight name} of a plain (adapter-free) model of this config."""
     if cfg.family == "llada":
         pre = "model.transformer"
-        names = {"embed.weight": f"{pre}.wte.weight", "norm.weight": f"{pre}.ln_f.weight", "head.weight": f"{pre}.ff_out.weight"}
+        names = {"embed.weight": f"{pre}.wte.weight", "norm.weight": f"{pre}.ln_f.weight",
+                 "head.weight": f"{pre}.ff_out.weight"}
         per_block = {"attn_norm": "attn_norm", "q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj",
                      "o_proj": "attn_out", "mlp_norm": "ff_norm", "gate_proj": "ff_proj", "up_proj": "up_proj",
                      "down_proj": "ff_out"}
         block_prefix = f"{pre}.blocks"
     else:
-        names = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight", "head.weight": "lm_head.weight"}
+        names = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+                 "head.weight": "lm_head.weight"}
         per_block = {"attn_norm": "input_layernorm", "q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj",
                      "v_proj": "self_attn.v_proj", "o_proj": "self_attn.o_proj", "mlp_norm": "post_attention_layernorm",
                      "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj", "down_proj": "mlp.down_proj"}
@@ -732,7 +737,8 @@ class HubTokenizer:
         """One user turn through the checkpoint's chat template, ending with the assistant header."""
         if not self.hf.chat_template:
             return text
-        return self.hf.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        return self.hf.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                           add_generation_prompt=True)
 
 
 def load_tokenizer(name_or_path):

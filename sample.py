@@ -280,7 +280,8 @@ def generate(model, prompt_ids, *, gen_length, steps, block_length, mask_id, tem
                    positions, row-major as in the header.
     """
     if not (isinstance(prompt_ids, torch.Tensor) and prompt_ids.dim() == 2 and prompt_ids.dtype == torch.long):
-        got = f"{tuple(prompt_ids.shape)} of dtype {prompt_ids.dtype}" if isinstance(prompt_ids, torch.Tensor) else type(prompt_ids).__name__
+        got = (f"{tuple(prompt_ids.shape)} of dtype {prompt_ids.dtype}" if isinstance(prompt_ids, torch.Tensor)
+               else type(prompt_ids).__name__)
         raise ValueError(f"prompt_ids must be a (B, P) torch.long tensor, got {got}")
     if attention_mask is not None and attention_mask.shape != prompt_ids.shape:
         raise ValueError(f"attention_mask must have the prompt's shape {tuple(prompt_ids.shape)}, got "
@@ -304,7 +305,8 @@ def generate(model, prompt_ids, *, gen_length, steps, block_length, mask_id, tem
     if threshold is not None and not (remasking == "low_confidence" and isinstance(threshold, (int, float))
                                       and 0 < threshold <= 1):
         raise ValueError(f"threshold compares LLaDA's confidence softmax(z)[x̂] (remasking='low_confidence'): "
-                         f"threshold must be a probability in (0, 1]; got threshold={threshold!r} with remasking={remasking!r}")
+                         f"threshold must be a probability in (0, 1]; got threshold={threshold!r} with "
+                         f"remasking={remasking!r}")
     if generator is not None and generator.device.type not in (prompt_ids.device.type, "cpu"):
         raise ValueError(f"generator is on {generator.device} but the prompt on {prompt_ids.device}: "
                          f"use a generator on the model's device or on the CPU")

@@ -133,6 +133,9 @@ def build_parser():
     g.add_argument("--eps", type=float, help="ε, clamp width of the official-code log-ratio")
     g.add_argument("--clip_eps", type=float, help="PPO clip range of d1 / ESPO")
     g.add_argument("--num_mc", type=int, help="mask draws per completion and inner pass")
+    g.add_argument("--score_chunk", type=int, default=None,
+                   help="coupled-mask scores: completions scored per forward call, checkpointed (default: all at "
+                        "once; a few at a time bounds memory at LLaDA's 126k vocabulary and long completions)")
     g.add_argument("--mu", type=int, help="μ, optimizer passes per rollout round")
     g.add_argument("--prompt_mask_prob", type=float, default=0.15,
                    help="d1 / wd1 / spg: probability of masking each prompt token (spg: also tokens of earlier blocks)")
@@ -154,6 +157,9 @@ def build_parser():
     g.add_argument("--temperature", type=float, help="sampling temperature τ of rollouts")
     g.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random", "entropy"],
                    help="order in which positions are revealed")
+    g.add_argument("--top_p", type=float, default=None,
+                   help="--remasking entropy (Dream's sampler): nucleus mass of rollouts (default: 0.95 when "
+                        "--temperature > 0, as the official Dream rollouts; greedy evaluation never filters)")
     g.add_argument("--rollout_cache", default="none", choices=["none", "prefix", "dual"],
                    help="KV cache of the rollout sampler: none = the exact sampler; prefix / dual = Fast-dLLM's "
                         "caches, faster but an approximation (another rollout policy than the denoiser's)")
@@ -247,6 +253,8 @@ def resolve_defaults(args, given=frozenset()):
             shipped = os.path.join(ROOT, "bases", f"tiny-{args.task}")
             fill(args, init=shipped if os.path.isfile(os.path.join(shipped, "model.safetensors"))
                  else checkpoint_dir(tiny_base_run(args.task)))
+    if args.remasking == "entropy" and args.temperature > 0:  # the official Dream rollouts' nucleus
+        fill(args, top_p=0.95)
     args.grad_ckpt = bool(args.grad_ckpt)
     fill(args, out=f"runs/{args.task}-{os.path.basename(str(args.model).rstrip('/'))}-{args.algo}")
     unread = unread_flags(args)
@@ -289,6 +297,7 @@ def unread_flags(args):
     else:
         readers = dict(LOSS_FLAGS, beta=[a for a, x in ALGOS.items() if x.uses_ref],
                        num_mc=[a for a, x in ALGOS.items() if x.score not in ("one_pass", "spg")],
+                       score_chunk=[a for a, x in ALGOS.items() if x.score not in ("one_pass", "spg")],
                        prompt_mask_prob=[a for a, x in ALGOS.items() if x.score in ("one_pass", "spg")])
         for f, algos in readers.items():
             if args.algo not in algos:
@@ -300,6 +309,8 @@ def unread_flags(args):
                           "--init DIR/checkpoint")
     if args.init is not None and args.model != "tiny":
         why["init"] = f"RL on --model {args.model} starts from that checkpoint itself; drop --init"
+    if args.remasking != "entropy" or args.algo == "pretrain":
+        why["top_p"] = "it filters the rollouts of Dream's entropy sampler only (--remasking entropy); drop it"
     if args.lora_rank == 0:
         why["lora_alpha"] = why["lora_dropout"] = ("it shapes LoRA adapters and --lora_rank is 0 (full fine-tuning); "
                                                    "drop it or set --lora_rank")
@@ -335,6 +346,7 @@ RANGES = {
     "eval_gen_length": at_least(1), "eval_block_length": at_least(1), "train_size": at_least(1),
     "max_bad_steps": at_least(1), "spg_num_t": at_least(1), "spg_eubo_beta": (lambda v: v > 0, "> 0"),
     "spg_mix_weight": between(0, 1), "threshold": between(0, 1, "(]", " (a probability)"),
+    "top_p": between(0, 1, "(]", " (a probability mass)"), "score_chunk": at_least(1),
 }
 MAX_GENERATED = 10 ** 6  # examples a task generator makes at start; more would take hours
 
@@ -636,7 +648,7 @@ def policy_scores(model, algo, chunk, seed, draw, args, mask_id):
         # draw k of the seed's forward process; the draws after it are not made
         mask = L.forward_process(seed, x0.shape[0], x0.shape[1], draw + 1, x0.device)[draw]  # (B, L)
         return L.denoiser_scores(model, prompt_ids, x0, mask, mask_id=mask_id, estimator=algo.score,
-                                 attention_mask=attn)
+                                 attention_mask=attn, completions_per_call=args.score_chunk)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -969,7 +981,7 @@ def rl_step(step, policy, ref, optimizer, tok, task, train, args, device, rank, 
                 policy, tok, task, examples, style=style, gen_length=args.gen_length, block_length=args.block_length,
                 steps=args.diffusion_steps, temperature=args.temperature, remasking=args.remasking,
                 max_prompt_len=args.max_prompt_len, seed=seed_for(args.seed, "rollout", step, c), device=device,
-                repeat=G, cache=args.rollout_cache, threshold=args.threshold)
+                repeat=G, cache=args.rollout_cache, threshold=args.threshold, top_p=args.top_p)
         rewards = torch.tensor([task.reward(t, examples[i // G], style) for i, t in enumerate(texts)],
                                dtype=torch.float32, device=device)  # completion i answers example i // G
         adv, zero_std = algo.advantages(rewards, G)

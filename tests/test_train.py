@@ -113,6 +113,24 @@ def assert_rows_close(a, b, rtol=1e-5, atol=1e-6):
                 assert ra[k] == pytest.approx(rb[k], rel=rtol, abs=atol), (ra["step"], k)
 
 
+def test_scoring_a_few_completions_per_call_trains_as_scoring_all_at_once(tiny_base, tmp_path):
+    """--score_chunk only bounds memory: the same rollouts, losses and updates."""
+    runs = {}
+    for chunk in ([], ["--score_chunk", "3"]):
+        out = str(tmp_path / f"chunk{len(chunk)}")
+        T.main(SMALL + ["--init", tiny_base, "--out", out] + chunk)
+        runs[bool(chunk)] = comparable(read_metrics(out))
+    assert_rows_close(runs[True], runs[False])
+
+
+def test_dream_rollouts_take_the_official_nucleus_and_llada_rollouts_refuse_one():
+    assert T.parse_args(["--remasking", "entropy"]).top_p == 0.95
+    assert T.parse_args(["--remasking", "entropy", "--temperature", "0"]).top_p is None
+    assert T.parse_args(["--remasking", "entropy", "--top_p", "0.9"]).top_p == 0.9
+    with pytest.raises(T.UserError, match="--top_p is not read by this run"):
+        T.parse_args(["--top_p", "0.9"])
+
+
 def test_killed_run_resumes_with_the_uninterrupted_metrics(tiny_base, tmp_path, monkeypatch):
     args = SMALL[:] + ["--algo", "gdsd", "--init", tiny_base, "--beta", "0.01"]
     args[args.index("--steps") + 1] = "4"
