@@ -97,6 +97,11 @@ def parse_args(argv=None):
     g.add_argument("--model", default="tiny", help="'tiny', 'llada', 'dream', or a local directory with a checkpoint in the hub layout")
     g.add_argument("--init", default=None, help="tiny only: base checkpoint directory to start RL from (default: the shipped bases/tiny-TASK, else runs/tiny-TASK-base/checkpoint, pre-trained on the fly)")
     g.add_argument("--algo", default="gdsd", choices=sorted(ALGOS) + ["pretrain"], help="training objective ('pretrain' = masked-diffusion pre-training of the tiny model)")
+    g.add_argument("--dtype", choices=["bf16", "fp32"],
+                   help="compute dtype (default: bf16 on CUDA, fp32 on CPU). bf16 = FSDP2 mixed precision, on 1 process "
+                        "too: bf16 weights in the forward and backward, fp32 gradient reduction, fp32 trainable "
+                        "weights and optimizer state, fp32 scores and losses; frozen weights (the LoRA base, the "
+                        "reference copy) are stored in bf16")
     # --- the objective
     g = p.add_argument_group("objective (loss.py)")
     g.add_argument("--psi", type=float, help="ψ, guidance scale on the advantage")
@@ -168,7 +173,7 @@ def resolve_defaults(args):
             sys.exit(f"error: cannot resume: {state} is missing (the run never wrote a complete checkpoint); start it again without --resume")
         saved = json.load(open(state))["config"]
         run_dir, steps = args.resume, args.steps
-        args = argparse.Namespace(**saved)
+        args = argparse.Namespace(**{"dtype": default_dtype(), **saved})  # (runs saved before --dtype existed)
         args.out, args.resume, args.steps = run_dir, True, steps or saved["steps"]
         return args
     if args.algo in ("wd1", "spg") and args.beta:
@@ -200,6 +205,7 @@ def resolve_defaults(args):
     if args.algo in ("wd1", "spg"):
         args.beta = 0.0
     args.grad_ckpt = bool(args.grad_ckpt)
+    args.dtype = args.dtype or default_dtype()
     args.out = args.out or f"runs/{args.task}-{os.path.basename(str(args.model).rstrip('/'))}-{args.algo}"
     if args.algo != "pretrain":
         G, B = args.group_size, args.rollout_batch
@@ -214,6 +220,11 @@ def resolve_defaults(args):
 
 # ----------------------------------------------------------------------------------------------
 # Distributed set-up: one path for 1 and N processes.
+
+def default_dtype():
+    """bf16 where it is fast (CUDA); fp32 on the CPU, where bf16 matmuls are emulated on most chips."""
+    return "bf16" if torch.cuda.is_available() else "fp32"
+
 
 def is_tiny(model):
     """`tiny`, or a checkpoint directory of the tiny character-vocabulary model (marked in its config.json)."""
@@ -234,8 +245,11 @@ def check_world(args, world):
         sys.exit(f"error: {what} = {units} does not split over {world} processes; choose values so that it is a multiple of the process count")
 
 
-def setup_distributed():
-    """Initialise torch.distributed from torchrun's environment (or run single-process)."""
+def setup_distributed(dtype="fp32"):
+    """Initialise torch.distributed from torchrun's environment (or run single-process).
+
+    bf16 mixed precision is FSDP2's MixedPrecisionPolicy (see `shard`), so a single bf16 process
+    runs FSDP2 too, in a process group of one: 1 and N processes then compute the same numbers."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -248,6 +262,12 @@ def setup_distributed():
     if world > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    elif dtype == "bf16":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        # an in-memory store: a group of one needs no rendezvous and no port
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
+                                device_id=device if device.type == "cuda" else None)
+        backend += " (one process: FSDP2 carries the bf16 mixed precision)"
     else:
         backend = "none (single process)"
     return rank, world, device, f"device {device} ({reason}); backend {backend}; world size {world}"
@@ -286,10 +306,12 @@ def resolve_model_path(name):
     sys.exit(f"error: --model {name!r} is neither 'tiny', one of {sorted(HUB_NAMES)}, nor an existing directory")
 
 
-def shard(model, device):
-    """FSDP2: shard every block, then the root; bf16 compute with fp32 gradient reduction on GPU."""
+def shard(model, dtype):
+    """FSDP2: shard every block, then the root. dtype "bf16": the weights are cast to bf16 for the
+    forward and backward, gradients are reduced in fp32 and land in the (fp32) sharded trainable
+    weights, so the optimizer updates fp32 weights with fp32 state."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda" else MixedPrecisionPolicy()
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if dtype == "bf16" else MixedPrecisionPolicy()
     for block in model.blocks:
         fully_shard(block, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
@@ -300,20 +322,25 @@ def build_models(args, device, world):
     """The trained policy and, when β > 0, a way to run the reference policy.
 
     LoRA runs use the base weights with adapters switched off as the reference (no copy); full
-    fine-tuning keeps a frozen copy of the initial weights."""
+    fine-tuning keeps a frozen copy of the initial weights.
+    Storage dtypes: trainable weights (all of them, or the LoRA adapters) are fp32, so the optimizer
+    never rounds an update to bf16; under --dtype bf16 the frozen weights (the LoRA base, the
+    reference copy) are stored in bf16, the hubs' dtype, and FSDP2 computes everything in bf16."""
     path = args.init if (args.model == "tiny" and args.init) else resolve_model_path(args.model)
-    policy = M.load_model(path, device=device if world == 1 else "cpu", dtype=torch.float32 if device.type == "cpu" else torch.bfloat16, seed=args.seed)
+    where = device if world == 1 else "cpu"  # N processes: fully_shard moves each rank's shard to its device
+    frozen = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    policy = M.load_model(path, device=where, dtype=frozen if args.lora_rank > 0 else torch.float32, seed=args.seed)
     policy.gradient_checkpointing = args.grad_ckpt
     ref = None
     if args.lora_rank > 0:
-        M.add_lora(policy, args.lora_rank, args.lora_alpha, args.lora_dropout)
+        M.add_lora(policy, args.lora_rank, args.lora_alpha, args.lora_dropout)  # adapters are fp32
     elif ALGOS.get(args.algo, Algo("", "", False)).uses_ref and args.beta > 0:
-        ref = M.load_model(path, device=device if world == 1 else "cpu", dtype=next(policy.parameters()).dtype, seed=args.seed)
+        ref = M.load_model(path, device=where, dtype=frozen, seed=args.seed)
         ref.requires_grad_(False)
-    if world > 1:
-        shard(policy, device)
+    if dist.is_initialized():  # N processes, or bf16 on one (setup_distributed)
+        shard(policy, args.dtype)
         if ref is not None:
-            shard(ref, device)
+            shard(ref, args.dtype)
     return policy, ref, path
 
 
@@ -723,8 +750,8 @@ def pretrain_step(step, policy, optimizer, tok, task, train, args, device, rank,
 
 def main(argv=None):
     args = parse_args(argv)
-    rank, world, device, why = setup_distributed()
-    log0(f"[setup] {why}")
+    rank, world, device, why = setup_distributed(args.dtype)
+    log0(f"[setup] {why}; dtype {args.dtype} (--dtype; default bf16 on CUDA, fp32 on CPU)")
     if args.model == "tiny" and args.algo != "pretrain" and not args.resume:
         ensure_tiny_base(args, rank, world, device)
     result = run(args, rank, world, device)
@@ -751,7 +778,7 @@ def ensure_tiny_base(args, rank, world, device):
     if done:
         return
     log0(f"[setup] no finished base checkpoint in {base_run}: pre-training the tiny model first (deterministic, once)")
-    argv = ["--resume", base_run] if os.path.isfile(state) else ["--task", args.task, "--algo", "pretrain", "--seed", str(args.seed), "--out", base_run]
+    argv = ["--resume", base_run] if os.path.isfile(state) else ["--task", args.task, "--algo", "pretrain", "--seed", str(args.seed), "--out", base_run, "--dtype", args.dtype]
     run(parse_args(argv), rank, world, device)
 
 
