@@ -140,6 +140,8 @@ def throughput(policy, cfg, s, device, steps):
     out = {}
     policy.eval()
     with T.gathered(policy):
+        with torch.no_grad():  # warm-up: the first CUDA calls pay for kernel selection, not the sampler
+            policy(torch.cat([prompt, prompt[:, :s.gen_length]], 1), attention_mask=None)
         for name in ("generate", "reference"):
             gen = torch.Generator(device=device).manual_seed(0)
             sync(device)
