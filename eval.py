@@ -74,8 +74,11 @@ def reading(what, fix="", also=()):
 # ----------------------------------------------------------------------------------------------
 # Processes and models: one code path for 1 and N processes (also train.py's).
 
-def setup_distributed():
-    """Initialise torch.distributed from torchrun's environment (or run single-process)."""
+def setup_distributed(dtype="fp32"):
+    """Initialise torch.distributed from torchrun's environment (or run single-process).
+
+    train.py's bf16 mixed precision is FSDP2's MixedPrecisionPolicy, so a single bf16 process runs
+    FSDP2 too, in a process group of one: 1 and N processes then compute the same numbers."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -88,6 +91,12 @@ def setup_distributed():
     if world > 1:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    elif dtype == "bf16":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        # an in-memory store: a group of one needs no rendezvous and no port
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
+                                device_id=device if device.type == "cuda" else None)
+        backend += " (one process: FSDP2 carries the bf16 mixed precision)"
     else:
         backend = "none (single process)"
     return rank, world, device, f"device {device} ({reason}); backend {backend}; world size {world}"

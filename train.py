@@ -123,6 +123,11 @@ def build_parser():
     g.add_argument("--init", default=None,
                    help="tiny only: base checkpoint directory to start RL from (default: the shipped bases/tiny-TASK, "
                         "else runs/tiny-TASK-base/checkpoint, pre-trained on the fly)")
+    g.add_argument("--dtype", choices=["bf16", "fp32"],
+                   help="compute dtype (default: bf16 on CUDA, fp32 on CPU). bf16 = FSDP2 mixed precision, on 1 "
+                        "process too: bf16 weights in the forward and backward, fp32 gradient reduction, fp32 "
+                        "trainable weights and optimizer state, fp32 scores and losses; frozen weights (the LoRA "
+                        "base, the reference copy) are stored in bf16")
     g.add_argument("--algo", default="gdsd", choices=sorted(ALGOS) + ["pretrain"],
                    help="training objective ('pretrain' = masked-diffusion pre-training of the tiny model)")
     # --- the objective
@@ -256,6 +261,7 @@ def resolve_defaults(args, given=frozenset()):
     if args.remasking == "entropy" and args.temperature > 0:  # the official Dream rollouts' nucleus
         fill(args, top_p=0.95)
     args.grad_ckpt = bool(args.grad_ckpt)
+    fill(args, dtype=default_dtype())
     fill(args, out=f"runs/{args.task}-{os.path.basename(str(args.model).rstrip('/'))}-{args.algo}")
     unread = unread_flags(args)
     wrong = sorted(given & set(unread))
@@ -413,6 +419,7 @@ def resume_config(args, given):
     state = read_state(ckpt)
     # a flag added after the run was saved takes its default (the behaviour the run had)
     resumed = argparse.Namespace(**{**vars(build_parser().parse_args([])), **state["config"]})
+    fill(resumed, dtype=default_dtype())
     resumed.out, resumed.resume = run_dir, True
     done = state["step"]
     total = resumed.pretrain_steps if resumed.algo == "pretrain" else resumed.steps
@@ -432,6 +439,11 @@ def resume_config(args, given):
 
 # ----------------------------------------------------------------------------------------------
 # Distributed set-up: one path for 1 and N processes.
+
+def default_dtype():
+    """bf16 where it is fast (CUDA); fp32 on the CPU, where bf16 matmuls are emulated on most chips."""
+    return "bf16" if torch.cuda.is_available() else "fp32"
+
 
 def is_tiny(model):
     """`tiny`, or a checkpoint directory of the tiny character-vocabulary model (marked in its config.json)."""
@@ -481,9 +493,11 @@ def seed_for(*parts):
 # ----------------------------------------------------------------------------------------------
 # Models: the policy, the reference and FSDP2 sharding.
 
-def shard(model, device):
-    """FSDP2: shard every block, then the root; bf16 compute with fp32 gradient reduction on GPU."""
-    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if device.type == "cuda"
+def shard(model, dtype):
+    """FSDP2: shard every block, then the root. dtype "bf16": the weights are cast to bf16 for the
+    forward and backward, gradients are reduced in fp32 and land in the (fp32) sharded trainable
+    weights, so the optimizer updates fp32 weights with fp32 state."""
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if dtype == "bf16"
           else MixedPrecisionPolicy())
     for block in model.blocks:
         fully_shard(block, mp_policy=mp)
@@ -495,14 +509,17 @@ def build_models(args, device, world):
     """The trained policy and, when β > 0, a way to run the reference policy.
 
     LoRA runs use the base weights with adapters switched off as the reference (no copy); full
-    fine-tuning keeps a frozen copy of the initial weights."""
+    fine-tuning keeps a frozen copy of the initial weights.
+    Storage dtypes: trainable weights (all of them, or the LoRA adapters) are fp32, so the optimizer
+    never rounds an update to bf16; under --dtype bf16 the frozen weights (the LoRA base, the
+    reference copy) are stored in bf16, the hubs' dtype, and FSDP2 computes everything in bf16."""
     path = args.init if (args.model == "tiny" and args.init) else E.resolve_model_path(args.model)
-    where = device if world == 1 else torch.device("cpu")
+    where = device if world == 1 else torch.device("cpu")  # N processes: fully_shard moves each shard
     if path != "tiny":
         read_model_config(path)  # a clear message for a broken config.json before the weights are read
-    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    frozen = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     with reading(f"the weights in {path}", "copy or download the checkpoint again"):
-        policy = M.load_model(path, device=where, dtype=dtype, seed=args.seed)
+        policy = M.load_model(path, device=where, dtype=frozen if args.lora_rank > 0 else torch.float32, seed=args.seed)
     check_finite(policy.state_dict(), path)
     policy.gradient_checkpointing = args.grad_ckpt
     ref = None
@@ -510,12 +527,12 @@ def build_models(args, device, world):
         with seeded_rng(args.seed, where):  # the adapters' initialisation draws from the global RNG
             M.add_lora(policy, args.lora_rank, args.lora_alpha, args.lora_dropout)
     elif args.algo in ALGOS and ALGOS[args.algo].uses_ref and args.beta > 0:
-        ref = M.load_model(path, device=where, dtype=next(policy.parameters()).dtype, seed=args.seed)
+        ref = M.load_model(path, device=where, dtype=frozen, seed=args.seed)
         ref.requires_grad_(False)
-    if world > 1:
-        shard(policy, device)
+    if dist.is_initialized():  # N processes, or bf16 on one (setup_distributed)
+        shard(policy, args.dtype)
         if ref is not None:
-            shard(ref, device)
+            shard(ref, args.dtype)
     return policy, ref, path
 
 
@@ -960,22 +977,44 @@ def guarded_step(optimizer, params, grad_norm):
 # One RL round.
 
 def rl_step(step, policy, ref, optimizer, tok, task, train, args, device, rank, world):
-    """One RL round, its phases labelled with the README's "GDSD in one screen" steps; returns its
-    metrics, averaged over every rank."""
-    algo, G, mu = ALGOS[args.algo], args.group_size, args.mu
-    draws = 1 if algo.score in ("one_pass", "spg") else args.num_mc  # SPG draws its num_t masks in one call
-    per_chunk = args.rollout_batch // G  # prompts per chunk
-
-    # Steps 1-2: this step's prompts (the same draw on every rank, chunk c takes its slice), G rollouts
-    # each scored by the training reward, and the advantages within each group
+    """One RL round, in the README's "GDSD in one screen" steps; returns its metrics, averaged over
+    every rank."""
+    algo = ALGOS[args.algo]
     t0 = time.time()
+    chunks = rollout_chunks(step, policy, tok, task, train, args, device, rank, world)  # steps 1-2
+    t1 = time.time()
+    teacher_scores(step, policy, ref, algo, chunks, args, tok.mask_id)                 # steps 3-5
+    passes = optimizer_passes(step, policy, optimizer, algo, chunks, args, device, tok.mask_id)  # steps 6-8
+    t2 = time.time()
+
+    # metrics, summed over ranks before dividing
+    G, rewards = args.group_size, torch.cat([c.rewards for c in chunks])
+    sums = dict(passes.pop("sums"), rewards=rewards.sum().item(), completions=rewards.numel(), chunks=len(chunks),
+                group_std=rewards.view(-1, G).std(dim=1, unbiased=False).sum().item(),
+                zero_std=sum(c.zero_std for c in chunks), nonfinite_rewards=(~torch.isfinite(rewards)).sum().item())
+    total = dict(zip(sums, E.all_sum(list(sums.values()), device)))
+    n = total["completions"]
+    out = {"reward": total["rewards"] / n, "reward_std": total["group_std"] / (n / G),
+           "zero_std": total["zero_std"] / total["chunks"]}
+    out.update({k: total[k] / total["terms"] for k in sums if k not in out and k not in
+                ("terms", "rewards", "completions", "chunks", "group_std", "nonfinite_rewards")})
+    out.update(passes, nonfinite_rewards=int(total["nonfinite_rewards"]), rollout_s=t1 - t0, update_s=t2 - t1,
+               tokens_per_s=n * args.gen_length / max(t2 - t0, 1e-9))
+    return out
+
+
+def rollout_chunks(step, policy, tok, task, train, args, device, rank, world):
+    """Steps 1-2: this step's prompts (the same draw on every rank, chunk c takes its slice), G rollouts
+    each scored by the training reward, and the advantages within each group; this rank's chunks."""
+    algo, G = ALGOS[args.algo], args.group_size
+    per_chunk = args.rollout_batch // G  # prompts per chunk
     rng = random.Random(seed_for(args.seed, "prompts", step))
     picks = [train[rng.randrange(len(train))] for _ in range(args.prompts_per_step)]
+    style = E.prompt_style(tok)
     policy.eval()
     chunks = []
     for c in range(rank, args.prompts_per_step // per_chunk, world):
         examples = picks[c * per_chunk:(c + 1) * per_chunk]
-        style = E.prompt_style(tok)
         with gathered(policy):
             prompt_ids, attn, x0, texts, _ = E.rollout(
                 policy, tok, task, examples, style=style, gen_length=args.gen_length, block_length=args.block_length,
@@ -987,37 +1026,54 @@ def rl_step(step, policy, ref, optimizer, tok, task, train, args, device, rank, 
         adv, zero_std = algo.advantages(rewards, G)
         token_mask = L.eos_completion_mask(x0, tok.eos_id)
         chunks.append(Chunk(c, prompt_ids, attn, x0, token_mask, rewards, adv, float(zero_std)))
-    t_rollout = time.time() - t0
+    return chunks
 
-    # Steps 3-5: the teacher's scores (rollout policy and reference) on the very masks and dropout each
-    # pass will draw. Pass 0 runs before any update, so its rollout-policy scores are the policy's own:
-    # they are taken (detached) from its forward below instead of computed twice.
-    t1 = time.time()
+
+def draws_of(algo, args):
+    """Mask draws per chunk and pass (SPG draws its num_t masks inside one call)."""
+    return 1 if algo.score in ("one_pass", "spg") else args.num_mc
+
+
+def mask_seed(args, step, j, chunk):
+    """The seed of pass j's masks (and dropout) for a chunk: θ, old and ref are scored on the same."""
+    return seed_for(args.seed, "mask", step, j, chunk.index)
+
+
+@torch.no_grad()
+def teacher_scores(step, policy, ref, algo, chunks, args, mask_id):
+    """Steps 3-5: the teacher's scores (rollout policy and reference) on the very masks and dropout
+    each pass will draw, into chunk.old / chunk.ref. Pass 0 runs before any update, so its
+    rollout-policy scores are the policy's own: they are taken (detached) from its forward in
+    `optimizer_passes` instead of computed twice."""
+    draws = draws_of(algo, args)
     policy.train()
-    mask_seed = {(j, c.index): seed_for(args.seed, "mask", step, j, c.index) for j in range(mu) for c in chunks}
-    with torch.no_grad():
-        for c in chunks:
-            c.old = [[None] * draws] + [[policy_scores(policy, algo, c, mask_seed[j, c.index], k, args, tok.mask_id)
-                                         for k in range(draws)] for j in range(1, mu)] if algo.uses_old else None
-            if algo.uses_ref and args.beta > 0:
-                with reference_of(policy, ref) as ref_model:
-                    c.ref = [[policy_scores(ref_model, algo, c, mask_seed[j, c.index], k, args, tok.mask_id)
-                              for k in range(draws)] for j in range(mu)]
+    for c in chunks:
+        if algo.uses_old:
+            c.old = [[None] * draws] + [[policy_scores(policy, algo, c, mask_seed(args, step, j, c), k, args, mask_id)
+                                         for k in range(draws)] for j in range(1, args.mu)]
+        if algo.uses_ref and args.beta > 0:
+            with reference_of(policy, ref) as ref_model:
+                c.ref = [[policy_scores(ref_model, algo, c, mask_seed(args, step, j, c), k, args, mask_id)
+                          for k in range(draws)] for j in range(args.mu)]
 
-    # Steps 6-8: μ optimizer passes, the loss's gradient summed over draws, averaged over chunks (and
-    # ranks); an update is skipped on every rank when any rank's loss is not finite
+
+def optimizer_passes(step, policy, optimizer, algo, chunks, args, device, mask_id):
+    """Steps 6-8: μ optimizer passes, the loss's gradient summed over draws, averaged over chunks (and
+    ranks); an update is skipped on every rank when any rank's loss is not finite. Returns the loss
+    metrics' sums ("sums", with their count "terms") and the passes' own metrics."""
+    draws, params = draws_of(algo, args), [p for p in policy.parameters() if p.requires_grad]
     lr = args.lr * min(1.0, (step + 1) / args.warmup) if args.warmup else args.lr
     for group in optimizer.param_groups:
         group["lr"] = lr
-    params = [p for p in policy.parameters() if p.requires_grad]
+    policy.train()
     sums, grad_norms, skipped, nonfinite_losses = {"terms": 0.0}, [], 0, 0
-    for j in range(mu):
+    for j in range(args.mu):
         bad_terms = 0
         for i, c in enumerate(chunks):
             for k in range(draws):
                 if dist.is_initialized():  # reduce gradients across ranks once, on the last backward
                     policy.set_requires_gradient_sync(i == len(chunks) - 1 and k == draws - 1)
-                s = policy_scores(policy, algo, c, mask_seed[j, c.index], k, args, tok.mask_id)
+                s = policy_scores(policy, algo, c, mask_seed(args, step, j, c), k, args, mask_id)
                 s_old = (s.detach() if j == 0 else c.old[j][k]) if algo.uses_old else None
                 loss, metrics = algo.loss(s, s_old, c.ref[j][k] if c.ref else None, c, args)
                 (loss / len(chunks)).backward()
@@ -1032,23 +1088,8 @@ def rl_step(step, policy, ref, optimizer, tok, task, train, args, device, rank, 
             skipped += 1
         optimizer.zero_grad(set_to_none=True)
         grad_norms.append(grad_norm)
-    t_update = time.time() - t1
-
-    # Metrics, summed over ranks before dividing
-    rewards = torch.cat([c.rewards for c in chunks])
-    sums.update(rewards=rewards.sum().item(), completions=rewards.numel(), chunks=len(chunks),
-                group_std=rewards.view(-1, G).std(dim=1, unbiased=False).sum().item(),
-                zero_std=sum(c.zero_std for c in chunks), nonfinite_rewards=(~torch.isfinite(rewards)).sum().item())
-    total = dict(zip(sums, E.all_sum(list(sums.values()), device)))
-    n = total["completions"]
-    out = {"reward": total["rewards"] / n, "reward_std": total["group_std"] / (n / G),
-           "zero_std": total["zero_std"] / total["chunks"]}
-    out.update({k: total[k] / total["terms"] for k in sums if k not in out and k not in
-                ("terms", "rewards", "completions", "chunks", "group_std", "nonfinite_rewards")})
-    out.update(grad_norm=sum(grad_norms) / len(grad_norms), skipped_updates=skipped, nonfinite_losses=nonfinite_losses,
-               nonfinite_rewards=int(total["nonfinite_rewards"]), rollout_s=t_rollout, update_s=t_update,
-               tokens_per_s=n * args.gen_length / max(t_rollout + t_update, 1e-9), lr=lr)
-    return out
+    return {"sums": sums, "grad_norm": sum(grad_norms) / len(grad_norms), "skipped_updates": skipped,
+            "nonfinite_losses": nonfinite_losses, "lr": lr}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1114,7 +1155,8 @@ def ensure_tiny_base(args, rank, world, device):
     E.log0(f"[setup] no finished base checkpoint in {base_run}: pre-training the tiny model first "
            "(deterministic, once)")
     argv = (["--resume", base_run] if ckpt is not None else
-            ["--task", args.task, "--algo", "pretrain", "--seed", "0", "--out", base_run, "--overwrite"]
+            ["--task", args.task, "--algo", "pretrain", "--seed", "0", "--out", base_run, "--overwrite",
+             "--dtype", args.dtype]
             + [arg for k, v in wanted.items() for arg in (f"--{k}", str(v))])
     run(parse_args(argv), rank, world, device)
 
@@ -1180,8 +1222,8 @@ def run(args, rank, world, device):
 
 def main(argv=None):
     args = parse_args(argv)
-    rank, world, device, why = E.setup_distributed()
-    E.log0(f"[setup] {why}")
+    rank, world, device, why = E.setup_distributed(args.dtype)
+    E.log0(f"[setup] {why}; dtype {args.dtype} (--dtype; default bf16 on CUDA, fp32 on CPU)")
     if args.model == "tiny" and args.algo != "pretrain" and not args.resume:
         ensure_tiny_base(args, rank, world, device)
     result = run(args, rank, world, device)

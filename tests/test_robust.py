@@ -544,11 +544,11 @@ def test_policy_scores_take_masks_and_dropout_from_their_seed_and_leave_the_glob
     monkeypatch.setattr(L, "denoiser_scores", lambda m, p, x0, mask, **k: masks.append(mask) or real(m, p, x0, mask, **k))
     torch.manual_seed(123)
     rng = torch.random.get_rng_state()
-    args = argparse.Namespace(num_mc=3)
+    args = argparse.Namespace(num_mc=3, score_chunk=None)
     a = T.policy_scores(model, algo, batch, 42, 2, args, mask_id=2)
     assert torch.equal(torch.random.get_rng_state(), rng)  # neither drawn from nor reseeded
     torch.manual_seed(7)  # another global state changes nothing
-    b = T.policy_scores(model, algo, batch, 42, 2, argparse.Namespace(num_mc=5), mask_id=2)
+    b = T.policy_scores(model, algo, batch, 42, 2, argparse.Namespace(num_mc=5, score_chunk=None), mask_id=2)
     c = T.policy_scores(model, algo, batch, 43, 2, args, mask_id=2)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(masks[0], L.forward_process(42, 4, 6, 3)[2]) and torch.equal(masks[1], masks[0])  # draw 2 of the seed
