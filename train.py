@@ -12,6 +12,9 @@ Run:
     torchrun --nproc_per_node=8 train.py --task sudoku --model llada     # LLaDA-8B-Instruct, 8 GPUs
     python train.py --resume runs/NAME                 # continue a stopped run from its checkpoint
 
+Writes RUN/metrics.jsonl (one JSON line per step), RUN/checkpoint/, and RUN/curves.png at each
+held-out evaluation when matplotlib is installed (--wandb PROJECT: the same metrics to W&B).
+
 Distributed: one code path for 1 and N processes (torchrun's RANK / WORLD_SIZE); gloo on CPU, nccl
 on GPU; FSDP2 `fully_shard` per block then the root. Work is split into *chunks* (a few whole
 prompt groups) whose randomness depends only on (seed, step, chunk): N processes reproduce one
@@ -30,6 +33,7 @@ import random
 import shutil
 import sys
 import time
+import uuid
 
 import torch
 import torch.distributed as dist
@@ -210,6 +214,16 @@ def build_parser():
     g.add_argument("--eval_block_length", type=int, help="block length used in evaluation")
     g.add_argument("--eval_cache", default="none", choices=["none", "prefix", "dual"],
                    help="KV cache of the evaluation sampler (see --rollout_cache)")
+    g.add_argument("--eval_forced", type=int, choices=[0, 1], default=1,
+                   help="also score every held-out evaluation with EOS never sampled (eval.py --suppress_eos; "
+                        "logged as forced_*): the skill apart from the choice to answer. 0 halves the cost of "
+                        "evaluations")
+    g.add_argument("--time_budget", type=float, default=None,
+                   help="stop once this many seconds were spent in rollouts and updates (evaluations and "
+                        "checkpoints not counted), evaluating and saving at that step; --steps stays the upper "
+                        "bound (default: off)")
+    g.add_argument("--wandb", default=None, metavar="PROJECT",
+                   help="also log every step's metrics to this Weights & Biases project (needs `pip install wandb`)")
     g.add_argument("--train_size", type=int, default=20000, help="generated training examples (generator tasks)")
     g.add_argument("--max_bad_steps", type=int, default=3,
                    help="stop (last good weights saved) after this many steps in a row with skipped updates "
@@ -286,7 +300,7 @@ LOSS_FLAGS = {"psi": ("gdsd", "gdsd-tlc", "gdsd-official", "gdsd-tlc-official"),
               "eps": ("gdsd-official", "gdsd-tlc-official"),
               "clip_eps": ("espo", "d1"),
               **{f: ("spg",) for f in ("spg_num_t", "spg_masking", "spg_eubo_beta", "spg_mix_weight")}}
-RL_FLAGS = ("psi", "beta", "eps", "clip_eps", "num_mc", "prompt_mask_prob", "mu",
+RL_FLAGS = ("psi", "beta", "eps", "clip_eps", "num_mc", "prompt_mask_prob", "mu", "time_budget",
             "steps", "lr", "warmup", "group_size", "prompts_per_step", "temperature", "diffusion_steps",
             "spg_num_t", "spg_masking", "spg_eubo_beta", "spg_mix_weight")
 PRETRAIN_FLAGS = ("pretrain_steps", "pretrain_batch", "pretrain_lr", "pretrain_no_answer")
@@ -353,6 +367,7 @@ RANGES = {
     "max_bad_steps": at_least(1), "spg_num_t": at_least(1), "spg_eubo_beta": (lambda v: v > 0, "> 0"),
     "spg_mix_weight": between(0, 1), "threshold": between(0, 1, "(]", " (a probability)"),
     "top_p": between(0, 1, "(]", " (a probability mass)"), "score_chunk": at_least(1),
+    "time_budget": (lambda v: v > 0, "> 0 (seconds)"),
 }
 MAX_GENERATED = 10 ** 6  # examples a task generator makes at start; more would take hours
 
@@ -398,6 +413,8 @@ def check_values(args):
                         "or omit --init to pre-train one")
     if args.model != "tiny":
         E.resolve_model_path(args.model)
+    if args.wandb is not None:
+        wandb_module(args.wandb)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out} is a file, not a run directory; choose another --out")
 
@@ -434,7 +451,22 @@ def resume_config(args, given):
     elif done >= total:
         raise UserError(f"{run_dir} has finished ({done} of {total} steps); to continue it, pass --steps N "
                         f"with N > {done}")
+    spent = state.get("metrics", {}).get("train_s", 0.0)
+    if resumed.algo != "pretrain" and out_of_time(spent, done, resumed.time_budget):
+        raise UserError(f"{run_dir} has spent its --time_budget of {resumed.time_budget:g} s ({spent:.1f} s of "
+                        f"rollouts and updates in {done} steps); to train longer, start a new run from its "
+                        f"checkpoint {checkpoint_dir(run_dir)} (--init for the tiny model, --model otherwise)")
     return resumed
+
+
+def out_of_time(spent, steps_done, budget):
+    """Whether a run under --time_budget stops after `steps_done` steps that took `spent` seconds of
+    rollouts and updates: when the next step, at the mean step time so far, would end more than half a
+    step past the budget. So runs end on average at the budget, a slow algorithm neither always over it
+    (stopping once past it) nor always under (stopping before it)."""
+    if budget is None or steps_done == 0:
+        return False
+    return spent + 0.5 * spent / steps_done >= budget
 
 
 # ----------------------------------------------------------------------------------------------
@@ -617,12 +649,19 @@ def encode_completions(tok, texts, length):
 
 
 def evaluate(policy, tok, task, examples, args, device, rank, world):
-    """The held-out evaluation (eval.py's) at this run's evaluation settings."""
+    """The held-out evaluation (eval.py's) at this run's evaluation settings. With --eval_forced the
+    same examples again with EOS never sampled (eval.py --suppress_eos), under "forced_" keys: a
+    policy can gain accuracy by answering more often or by answering better, and "answered" beside
+    "forced_accuracy" tells the two apart."""
+    settings = dict(gen_length=args.eval_gen_length, block_length=args.eval_block_length, batch_size=args.rollout_batch,
+                    max_prompt_len=args.max_prompt_len, device=device, remasking=args.remasking, rank=rank,
+                    world=world, cache=args.eval_cache)
     with gathered(policy):
-        return E.evaluate(policy, tok, task, examples, gen_length=args.eval_gen_length,
-                          block_length=args.eval_block_length,
-                          batch_size=args.rollout_batch, max_prompt_len=args.max_prompt_len, device=device,
-                          remasking=args.remasking, rank=rank, world=world, cache=args.eval_cache)
+        out = E.evaluate(policy, tok, task, examples, **settings)
+        if args.eval_forced:
+            forced = E.evaluate(policy, tok, task, examples, suppress_eos=True, **settings)
+            out.update({f"forced_{k}": v for k, v in forced.items()})
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -677,7 +716,8 @@ def policy_scores(model, algo, chunk, seed, draw, args, mask_id):
 # from the newest complete checkpoint of the three names.
 
 MARKER = "COMPLETE"
-RUN_FILES = ("metrics.jsonl", "metrics.jsonl.tmp", "checkpoint", "checkpoint.tmp", "checkpoint.old")
+RUN_FILES = ("metrics.jsonl", "metrics.jsonl.tmp", "checkpoint", "checkpoint.tmp", "checkpoint.old",
+             "curves.png", "curves.png.tmp", "wandb_id")
 LOCK_FILE = ".lock"
 RESTART = "restore it from a copy, or start the run again without --resume"
 
@@ -885,15 +925,117 @@ def finite_or_null(x):
     return x
 
 
-def log_step(args, step, metrics, rank):
+def log_step(args, step, metrics, rank, wandb_run=None):
     if rank != 0:
         return
     parts = [f"step {step:5d}"] + [fmt.format(metrics[k]) for k, fmt in LOG_FIELDS if k in metrics]
     if "eval" in metrics:
-        parts.append(f"eval {metrics['eval']['accuracy']:.3f}")
+        parts.append(eval_summary(metrics["eval"]))
     print(" | ".join(parts), flush=True)
     with open(os.path.join(args.out, "metrics.jsonl"), "a", encoding="utf-8") as f:
         f.write(json.dumps(finite_or_null({"step": step, **metrics}), allow_nan=False) + "\n")
+    if wandb_run is not None:
+        wandb_run.log(flat_metrics(metrics), step=step)
+
+
+def eval_summary(ev):
+    """The held-out numbers of the log line: accuracy, the share answered, accuracy forced to answer."""
+    text = f"eval {ev['accuracy']:.3f} answered {ev.get('answered', float('nan')):.2f}"
+    return text + (f" forced {ev['forced_accuracy']:.3f}" if "forced_accuracy" in ev else "")
+
+
+def flat_metrics(metrics):
+    """One level of names for W&B: the held-out numbers as "eval/KEY"; non-finite values left out."""
+    flat = {k: v for k, v in metrics.items() if k != "eval"}
+    flat.update({f"eval/{k}": v for k, v in metrics.get("eval", {}).items()})
+    return {k: v for k, v in flat.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Optional outputs: RUN/curves.png (matplotlib) and a Weights & Biases run (wandb). Neither package
+# is a requirement; without matplotlib the run says once how to get the plot.
+
+# (panel title, [(metric, or "eval/" + held-out metric; legend label)])
+CURVES = [
+    ("training reward (rollouts)", [("reward", "mean"), ("reward_std", "std within a group")]),
+    ("held-out (greedy)", [("eval/accuracy", "accuracy"), ("eval/forced_accuracy", "accuracy forced to answer"),
+                           ("eval/answered", "answered")]),
+    ("loss", [("loss", None)]),
+    ("gradient norm (before clipping)", [("grad_norm", None)]),
+    ("KL to the reference", [("kl", None)]),
+    ("seconds per step", [("rollout_s", "rollouts"), ("update_s", "updates")]),
+]
+WANDB_ID = "wandb_id"  # RUN/wandb_id: the W&B run a resumed run continues
+
+
+def can_plot():
+    """Whether matplotlib is importable; if not, say once how to get RUN/curves.png."""
+    try:
+        import matplotlib  # noqa: F401
+        return True
+    except ImportError:
+        print("[plot] matplotlib is not installed, so this run writes no RUN/curves.png: "
+              "`pip install matplotlib` to get one (nothing else needs it)", flush=True)
+        return False
+
+
+def plot_curves(out, first_eval):
+    """Write OUT/curves.png: every panel of CURVES against step, from OUT/metrics.jsonl (the held-out
+    numbers from step 0, the base's). Through a temporary file, so a kill never leaves half a picture."""
+    from matplotlib.figure import Figure  # (no pyplot: no global figure state, no GUI backend)
+    from matplotlib.ticker import MaxNLocator
+    rows = [json.loads(line) for _, line in metric_lines(os.path.join(out, "metrics.jsonl"))]
+    if first_eval is not None:
+        rows = [{"step": 0, "eval": first_eval}] + rows
+    fig = Figure(figsize=(14, 7.5))
+    for ax, (title, series) in zip(fig.subplots(2, 3).flat, CURVES):
+        for key, label in series:
+            group, _, name = key.rpartition("/")
+            points = [(r["step"], (r.get(group) if group else r) or {}) for r in rows]
+            points = [(step, d[name]) for step, d in points if isinstance(d.get(name), (int, float))]
+            if points:
+                ax.plot(*zip(*points), marker="o" if group else None, ms=3, label=label)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not logged by this run", ha="center", va="center", transform=ax.transAxes, color="gray")
+        elif any(label for _, label in series):
+            ax.legend(fontsize=8)
+        ax.set(title=title, xlabel="step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    fig.suptitle(out)
+    fig.tight_layout()
+    path = os.path.join(out, "curves.png")
+    fig.savefig(path + ".tmp", format="png", dpi=90)
+    os.replace(path + ".tmp", path)
+
+
+def wandb_module(project):
+    """The wandb package, or a UserError saying how to get it."""
+    try:
+        import wandb
+    except ImportError:
+        raise UserError(f"--wandb {project} needs the wandb package, which is not installed: "
+                        "`pip install wandb` (then `wandb login`), or drop --wandb") from None
+    return wandb
+
+
+def start_wandb(args, rank):
+    """The W&B run of --wandb PROJECT, on rank 0 (None elsewhere or without --wandb): the run's config,
+    named after its directory. A resumed run continues the W&B run it started (id in RUN/wandb_id);
+    W&B drops the rows of the steps redone after the checkpoint, which it already holds."""
+    if args.wandb is None or rank != 0:
+        return None
+    wandb = wandb_module(args.wandb)
+    id_file = os.path.join(args.out, WANDB_ID)
+    if args.resume and os.path.isfile(id_file):
+        with open(id_file, encoding="utf-8") as f:
+            run_id = f.read().strip()
+    else:
+        run_id = uuid.uuid4().hex[:16]
+        with open(id_file, "w", encoding="utf-8") as f:
+            f.write(run_id + "\n")
+    return wandb.init(project=args.wandb, id=run_id, resume="allow", name=os.path.basename(os.path.normpath(args.out)),
+                      config=vars(args), dir=args.out)
 
 
 def metric_lines(path):
@@ -1193,30 +1335,53 @@ def run(args, rank, world, device):
             E.log0(f"[resume] from step {start} of {checkpoint_dir(args.out)}")
         total = args.pretrain_steps if args.algo == "pretrain" else args.steps
         eval_every = args.eval_every if args.eval_every > 0 else total  # 0: at the start and the end only
+        plots = rank == 0 and can_plot()
+        wandb_run = start_wandb(args, rank)
         if start == 0:
             first_eval = evaluate(policy, tok, task, test, args, device, rank, world)
             E.log0(f"[eval] step 0: {json.dumps(first_eval)}")
             metrics = {"eval": first_eval}
+            if wandb_run is not None:
+                wandb_run.log(flat_metrics(metrics), step=0)
         bad = 0
+        spent = metrics.get("train_s", 0.0)  # seconds of rollouts and updates so far (--time_budget)
         for step in range(start + 1, total + 1):
             if args.algo == "pretrain":
                 metrics = pretrain_step(step, policy, optimizer, tok, task, train, args, device, rank, world)
             else:
                 metrics = rl_step(step, policy, ref, optimizer, tok, task, train, args, device, rank, world)
+            if args.algo != "pretrain":  # the mean over ranks, so that every rank stops at the same step
+                spent += E.all_sum([metrics["rollout_s"] + metrics["update_s"]], device)[0] / world
+                metrics["train_s"] = spent
+            last = step == total or out_of_time(spent, step, args.time_budget)
             bad = bad + 1 if metrics["skipped_updates"] else 0
-            if step % eval_every == 0 or step == total:
+            if step % eval_every == 0 or last:
                 metrics["eval"] = evaluate(policy, tok, task, test, args, device, rank, world)
-            log_step(args, step, metrics, rank)
+            log_step(args, step, metrics, rank, wandb_run)
+            if plots and "eval" in metrics:
+                plot_curves(args.out, first_eval)
             if bad >= args.max_bad_steps:
                 save_checkpoint(args, policy, optimizer, step, metrics, first_eval, rank)
                 raise UserError(f"{bad} steps in a row skipped updates (a non-finite loss, reward or gradient, "
                                 f"or an exploding update); stopping, with the last good weights saved in "
                                 f"{checkpoint_dir(args.out)}. Lower --lr or --psi, or check the data.")
-            if step % args.save_every == 0 or step == total:
+            if step % args.save_every == 0 or last:
                 save_checkpoint(args, policy, optimizer, step, metrics, first_eval, rank)
+            if last:
+                if step < total:
+                    E.log0(f"[budget] {spent:.1f} s of rollouts and updates spent (--time_budget "
+                           f"{args.time_budget:g}): stopping after step {step} of {total}")
+                break
+        if wandb_run is not None:
+            wandb_run.finish()
         if first_eval is not None and "eval" in metrics:
             E.log0(f"[result] held-out {args.task} accuracy: start {first_eval['accuracy']:.3f} -> "
                    f"end {metrics['eval']['accuracy']:.3f} ({checkpoint_dir(args.out)})")
+            if "forced_accuracy" in metrics["eval"] and "forced_accuracy" in first_eval:
+                E.log0(f"[result] answered: start {first_eval['answered']:.3f} -> "
+                       f"end {metrics['eval']['answered']:.3f}; "
+                       f"accuracy forced to answer: start {first_eval['forced_accuracy']:.3f} -> "
+                       f"end {metrics['eval']['forced_accuracy']:.3f}")
         return {"first_eval": first_eval, **metrics}
 
 
