@@ -117,15 +117,5 @@ def random_loader(device_for_init):
             cfg = M.config_from_hub(json.load(f), source_dir=os.path.abspath(path))
         with torch.device("meta"):
             model = M.Denoiser(cfg).to(dtype or torch.bfloat16)  # shapes only, in the final dtype
-        model.to_empty(device=device or device_for_init)
-        g = torch.Generator(device=device or device_for_init).manual_seed(seed)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if name.endswith("norm.weight"):
-                    p.fill_(1.0)
-                elif name.endswith(".bias"):
-                    p.zero_()
-                else:
-                    p.normal_(0.0, 0.02, generator=g)
-        return model
+        return M.init_weights(model.to_empty(device=device or device_for_init), seed)
     return load
